@@ -1,0 +1,269 @@
+//! `overcommitctl check`: will one allocation succeed now, which rule decides, with which
+//! numbers, and what would change the answer.
+
+use serde::Serialize;
+
+use crate::cli::CheckArgs;
+use crate::kernel::{self, ProcRoot};
+use crate::model::{Limit, Mode, Node, Policy};
+use crate::output::{paint, Section, BAD, DIM, GOOD, HEADING, WARN};
+use crate::predict::{self, Prediction, Process, Remedy, RlimitKind, Rule, Verdict};
+use crate::size::{Grouped, HumanBytes};
+
+use super::CtlError;
+
+/// `check --json`: the prediction plus the context it was made in.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    #[serde(flatten)]
+    pub prediction: Prediction,
+    /// True when --mode/--ratio/--kbytes/--swap-total changed the node for this answer.
+    pub hypothetical: bool,
+    pub mem_total_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub commit_limit_bytes: u64,
+    pub process: Process,
+    #[serde(skip)]
+    node: Node,
+}
+
+impl CheckReport {
+    pub fn gather(proc_root: &ProcRoot, args: &CheckArgs) -> Result<CheckReport, CtlError> {
+        let bytes = match (&args.shape, args.size) {
+            (Some(shape), _) => crate::dtype::array_bytes(shape, &args.dtype)?,
+            (None, Some(size)) => size,
+            (None, None) => return Err(CtlError::Usage("give a SIZE or --shape".into())),
+        };
+        let live = proc_root.node()?;
+        let mut node = live.clone();
+        let mut notes = Vec::new();
+        let hypothetical = &args.hypothetical;
+        if hypothetical.mode.is_some()
+            || hypothetical.ratio.is_some()
+            || hypothetical.kbytes.is_some()
+        {
+            let current_limit = live
+                .tunables
+                .policy()
+                .map(|p| p.limit)
+                .unwrap_or(Limit::Ratio(50));
+            let limit = match (hypothetical.ratio, hypothetical.kbytes) {
+                (Some(r), _) => Limit::Ratio(r),
+                (None, Some(k)) => Limit::Kbytes(k),
+                (None, None) => current_limit,
+            };
+            let mode = hypothetical.mode.unwrap_or(live.tunables.overcommit_memory);
+            if mode != Mode::Never
+                && (hypothetical.ratio.is_some() || hypothetical.kbytes.is_some())
+            {
+                notes.push(format!(
+                    "--ratio/--kbytes have no effect in mode {mode}: add --mode never"
+                ));
+            }
+            node = node.with_policy(&Policy { mode, limit });
+        }
+        if let Some(swap) = args.swap_total {
+            node = node.with_swap_total(swap);
+        }
+        let is_hypothetical = node != live;
+
+        let mut process = Process {
+            privileged: nix::unistd::geteuid().is_root(),
+            ..Process::default()
+        };
+        if let Some(pid) = args.pid {
+            let info = kernel::process_info(pid)?;
+            process = Process {
+                privileged: info.cap_sys_admin,
+                vm_size: Some(info.vm_size),
+                data_size: Some(info.vm_data),
+                rlimit_as: info.rlimit_as,
+                rlimit_data: info.rlimit_data,
+                map_count: Some(info.map_count),
+                memory_max: info.memory_max,
+            };
+        }
+        if args.user {
+            process.privileged = false;
+        }
+        if args.root {
+            process.privileged = true;
+        }
+        if let Some(size) = args.vm_size {
+            process.vm_size = Some(size);
+        }
+
+        let mut prediction = predict::predict(&node, &process, bytes);
+        prediction.notes.extend(notes);
+        Ok(CheckReport {
+            hypothetical: is_hypothetical,
+            mem_total_bytes: node.memory.mem_total,
+            swap_total_bytes: node.memory.swap_total,
+            commit_limit_bytes: node.memory.commit_limit,
+            process,
+            prediction,
+            node,
+        })
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self.prediction.verdict {
+            Verdict::Allowed => 0,
+            Verdict::Refused | Verdict::Borderline => 1,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let p = &self.prediction;
+        let (word, style) = match p.verdict {
+            Verdict::Allowed => ("ALLOWED", GOOD),
+            Verdict::Refused => ("REFUSED", BAD),
+            Verdict::Borderline => ("BORDERLINE", WARN),
+        };
+        let who = if self.process.privileged {
+            "root"
+        } else {
+            "an unprivileged process"
+        };
+        let what_if = if self.hypothetical {
+            " (hypothetical policy)"
+        } else {
+            ""
+        };
+        let mut out = format!(
+            "One allocation of {} ({} bytes) by {who}{what_if}: {}\n\n",
+            HumanBytes(p.request_bytes),
+            Grouped(p.request_bytes),
+            paint(style, word)
+        );
+        out.push_str(&format!(
+            "{} {}\n",
+            paint(HEADING, "Decided by"),
+            p.rule.describe()
+        ));
+        let mut why = Section::new("");
+        why.row(
+            "request",
+            HumanBytes(p.request_bytes),
+            format!(
+                "{} pages",
+                Grouped(p.request_bytes.div_ceil(self.node.page_size))
+            ),
+        );
+        match p.rule {
+            Rule::Heuristic => {
+                why.row(
+                    "limit",
+                    HumanBytes(p.limit_bytes.unwrap_or(0)),
+                    format!(
+                        "MemTotal {} + SwapTotal {}; allowed when the request is not above it",
+                        HumanBytes(self.mem_total_bytes),
+                        HumanBytes(self.swap_total_bytes)
+                    ),
+                );
+            }
+            Rule::CommitLimit => {
+                let committed = p.committed_bytes.unwrap_or(0);
+                why.row(
+                    "committed",
+                    HumanBytes(committed.saturating_add(p.request_bytes)),
+                    format!("Committed_AS {} + the request", HumanBytes(committed)),
+                );
+                why.row(
+                    "limit",
+                    HumanBytes(p.limit_bytes.unwrap_or(0)),
+                    format!(
+                        "CommitLimit {} - reserves {}; committed must stay below it",
+                        HumanBytes(self.commit_limit_bytes),
+                        HumanBytes(p.reserve_bytes.unwrap_or(0))
+                    ),
+                );
+                why.row(
+                    "uncertainty",
+                    format!("± {}", HumanBytes(p.uncertainty_bytes.unwrap_or(0))),
+                    "the kernel reads an approximate per-CPU counter: closer than this is borderline",
+                );
+                if self.process.vm_size.is_none() {
+                    why.row("", "", "process size unknown: the user reserve may be 0 up to all of it (--pid or --vm-size)");
+                }
+            }
+            Rule::Always => {
+                why.row(
+                    "limit",
+                    "none",
+                    "mode always does not check; pages are taken when first written",
+                );
+            }
+            _ => {
+                why.row("limit", HumanBytes(p.limit_bytes.unwrap_or(0)), "");
+            }
+        }
+        if let Some(largest) = p.largest_bytes {
+            why.row(
+                "largest now",
+                HumanBytes(largest),
+                "the largest single request this rule allows",
+            );
+        }
+        out.push_str(&why.to_string());
+
+        if !p.remedies.is_empty() {
+            out.push('\n');
+            out.push_str(&paint(HEADING, "What would allow it"));
+            out.push('\n');
+            for remedy in &p.remedies {
+                out.push_str(&format!("  - {}\n", self.describe_remedy(remedy)));
+            }
+        }
+        if !p.notes.is_empty() {
+            out.push('\n');
+            out.push_str(&paint(HEADING, "Notes"));
+            out.push('\n');
+            for note in &p.notes {
+                out.push_str(&format!("  - {note}\n"));
+            }
+        }
+        out
+    }
+
+    fn describe_remedy(&self, remedy: &Remedy) -> String {
+        match remedy {
+            Remedy::Mode { mode: Mode::Always } => format!(
+                "mode always, for this job only: {}  {}",
+                paint(HEADING, "overcommitctl run --mode always -- CMD"),
+                paint(
+                    DIM,
+                    "(pages are only taken when written; the OOM killer is the backstop)"
+                )
+            ),
+            Remedy::Mode { mode } => format!(
+                "mode {mode}: {}",
+                paint(HEADING, format!("overcommitctl run --mode {mode} -- CMD"))
+            ),
+            Remedy::Ratio { ratio } => {
+                format!("mode never with ratio {ratio} or more (--mode never --ratio {ratio})")
+            }
+            Remedy::Kbytes { kbytes } => {
+                format!(
+                    "mode never with kbytes {kbytes} or more (a ratio above 100 would be needed)"
+                )
+            }
+            Remedy::SwapTotal { bytes } => format!(
+                "swap of at least {} in total under the current mode (now {})",
+                HumanBytes(*bytes),
+                HumanBytes(self.swap_total_bytes)
+            ),
+            Remedy::Rlimit { which, bytes } => {
+                let flag = match which {
+                    RlimitKind::As => "ulimit -v",
+                    RlimitKind::Data => "ulimit -d",
+                };
+                format!(
+                    "raise the process's limit ({flag}) to at least {} ({} kB)",
+                    HumanBytes(*bytes),
+                    bytes.div_ceil(1024)
+                )
+            }
+        }
+    }
+}

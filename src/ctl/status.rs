@@ -1,0 +1,411 @@
+//! `overcommitctl status`: the live policy, what the kernel counts, what will happen at boot,
+//! and what is worth attention.
+
+use serde::Serialize;
+
+use crate::findings::{self, Finding, Severity};
+use crate::kernel::{ProcRoot, SwapDevice};
+use crate::model::{Knob, Mode, Node, RawLimit};
+use crate::output::{paint, Section, BAD, DIM, GOOD, WARN};
+use crate::predict::{self, Process, Rule};
+use crate::size::HumanBytes;
+use crate::sysctl_d::{BootConfig, SysctlSources};
+
+use super::CtlError;
+
+/// Everything `status` reports; `--json` prints it as is (bytes, exact).
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub proc_root: String,
+    pub kernel_release: String,
+    pub nr_cpus: u32,
+    pub page_size: u64,
+    pub mode: Mode,
+    pub mode_number: u8,
+    pub overcommit_ratio: i64,
+    pub overcommit_kbytes: u64,
+    /// "ratio" or "kbytes": which knob sets CommitLimit.
+    pub limit_in_force: &'static str,
+    pub commit_limit_bytes: u64,
+    pub commit_limit_computed_bytes: u64,
+    pub committed_as_bytes: u64,
+    /// CommitLimit − Committed_AS; negative when over-committed. Enforced in mode never only.
+    pub headroom_bytes: i64,
+    pub mem_total_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_devices: Vec<SwapDevice>,
+    pub hugetlb_bytes: u64,
+    pub nr_hugepages: u64,
+    pub admin_reserve_bytes: u64,
+    pub user_reserve_bytes: u64,
+    pub max_map_count: u64,
+    pub swappiness: u64,
+    pub largest_allocation: Largest,
+    pub boot: BootConfig,
+    pub findings: Vec<Finding>,
+}
+
+/// The largest single allocation that would succeed now (user reserve counted in full).
+#[derive(Debug, Serialize)]
+pub struct Largest {
+    pub rule: Rule,
+    /// `None`: only the address space limits it (mode always).
+    pub root_bytes: Option<u64>,
+    pub user_bytes: Option<u64>,
+}
+
+impl StatusReport {
+    pub fn gather(proc_root: &ProcRoot, sysctl: &SysctlSources) -> Result<StatusReport, CtlError> {
+        let node = proc_root.node()?;
+        let swaps = proc_root.read_swaps()?;
+        let release = proc_root.read_release()?;
+        let keys: Vec<String> = [
+            Knob::OvercommitMemory,
+            Knob::OvercommitRatio,
+            Knob::OvercommitKbytes,
+        ]
+        .map(Knob::sysctl_key)
+        .to_vec();
+        let boot = sysctl.boot_config(&proc_root.read_cmdline(), &keys);
+        let mut report_findings = findings::assess(&node);
+        report_findings.extend(findings::boot_findings(&node, &boot));
+        report_findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+        Ok(StatusReport::new(
+            &node,
+            proc_root,
+            release,
+            swaps,
+            boot,
+            report_findings,
+        ))
+    }
+
+    fn new(
+        node: &Node,
+        proc_root: &ProcRoot,
+        kernel_release: String,
+        swap_devices: Vec<SwapDevice>,
+        boot: BootConfig,
+        findings: Vec<Finding>,
+    ) -> StatusReport {
+        let t = &node.tunables;
+        let m = &node.memory;
+        let largest_for = |privileged| {
+            // A process big enough that the whole user reserve applies: the safe figure.
+            let process = Process {
+                privileged,
+                vm_size: Some(t.user_reserve_kbytes * 1024 * 32),
+                ..Process::default()
+            };
+            predict::predict(node, &process, 0)
+        };
+        let (root, user) = (largest_for(true), largest_for(false));
+        StatusReport {
+            proc_root: proc_root.path().display().to_string(),
+            kernel_release,
+            nr_cpus: node.nr_cpus,
+            page_size: node.page_size,
+            mode: t.overcommit_memory,
+            mode_number: t.overcommit_memory.number(),
+            overcommit_ratio: t.overcommit_ratio,
+            overcommit_kbytes: t.overcommit_kbytes,
+            limit_in_force: match t.limit_in_force() {
+                RawLimit::Ratio(_) => "ratio",
+                RawLimit::Kbytes(_) => "kbytes",
+            },
+            commit_limit_bytes: m.commit_limit,
+            commit_limit_computed_bytes: node.page_bytes(node.computed_commit_limit_pages()),
+            committed_as_bytes: m.committed_as,
+            headroom_bytes: i64::try_from(i128::from(m.commit_limit) - i128::from(m.committed_as))
+                .unwrap_or(i64::MIN),
+            mem_total_bytes: m.mem_total,
+            swap_total_bytes: m.swap_total,
+            swap_devices,
+            hugetlb_bytes: m.hugetlb,
+            nr_hugepages: t.nr_hugepages,
+            admin_reserve_bytes: t.admin_reserve_kbytes * 1024,
+            user_reserve_bytes: t.user_reserve_kbytes * 1024,
+            max_map_count: t.max_map_count,
+            swappiness: t.swappiness,
+            largest_allocation: Largest {
+                rule: root.rule,
+                root_bytes: root.largest_bytes,
+                user_bytes: user.largest_bytes,
+            },
+            boot,
+            findings,
+        }
+    }
+
+    /// The report in the Prometheus text format, for node-exporter's textfile collector.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, help: &str, samples: &[(&str, i128)]| {
+            out.push_str(&format!(
+                "# HELP overcommit_{name} {help}\n# TYPE overcommit_{name} gauge\n"
+            ));
+            for (labels, value) in samples {
+                out.push_str(&format!("overcommit_{name}{labels} {value}\n"));
+            }
+        };
+        let b = |v: u64| i128::from(v);
+        metric(
+            "mode",
+            "vm.overcommit_memory (0 heuristic, 1 always, 2 never).",
+            &[("", i128::from(self.mode_number))],
+        );
+        metric(
+            "ratio_percent",
+            "vm.overcommit_ratio.",
+            &[("", i128::from(self.overcommit_ratio))],
+        );
+        metric(
+            "kbytes",
+            "vm.overcommit_kbytes.",
+            &[("", b(self.overcommit_kbytes))],
+        );
+        metric(
+            "commit_limit_bytes",
+            "CommitLimit as the kernel reports it.",
+            &[("", b(self.commit_limit_bytes))],
+        );
+        metric(
+            "committed_as_bytes",
+            "Committed_AS.",
+            &[("", b(self.committed_as_bytes))],
+        );
+        metric(
+            "headroom_bytes",
+            "CommitLimit minus Committed_AS (enforced in mode never only).",
+            &[("", i128::from(self.headroom_bytes))],
+        );
+        metric(
+            "mem_total_bytes",
+            "MemTotal.",
+            &[("", b(self.mem_total_bytes))],
+        );
+        metric(
+            "swap_total_bytes",
+            "SwapTotal.",
+            &[("", b(self.swap_total_bytes))],
+        );
+        metric(
+            "hugetlb_bytes",
+            "Memory held by hugetlb pools.",
+            &[("", b(self.hugetlb_bytes))],
+        );
+        let largest: Vec<(&str, i128)> = [
+            ("{privilege=\"root\"}", self.largest_allocation.root_bytes),
+            ("{privilege=\"user\"}", self.largest_allocation.user_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(labels, bytes)| bytes.map(|v| (labels, b(v))))
+        .collect();
+        metric(
+            "largest_allocation_bytes",
+            "Largest single allocation that would succeed now.",
+            &largest,
+        );
+        let count = |severity| {
+            self.findings
+                .iter()
+                .filter(|f| f.severity == severity)
+                .count() as i128
+        };
+        metric(
+            "findings",
+            "Findings of `overcommitctl status` by severity.",
+            &[
+                ("{severity=\"critical\"}", count(Severity::Critical)),
+                ("{severity=\"warning\"}", count(Severity::Warning)),
+                ("{severity=\"info\"}", count(Severity::Info)),
+            ],
+        );
+        out
+    }
+
+    /// The report for people.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{}\n\n",
+            paint(
+                DIM,
+                format!(
+                    "overcommit status  ·  kernel {}  ·  {} CPUs  ·  proc root {}",
+                    self.kernel_release, self.nr_cpus, self.proc_root
+                )
+            )
+        );
+        let mode_style = match self.mode {
+            Mode::Heuristic => GOOD,
+            Mode::Always => WARN,
+            Mode::Never => GOOD,
+        };
+        let mut policy = Section::new("Policy");
+        policy.row(
+            "mode",
+            paint(mode_style, format!("{} ({})", self.mode, self.mode_number)),
+            mode_summary(self.mode),
+        );
+        let ratio_note = match (self.mode, self.limit_in_force) {
+            (Mode::Never, "ratio") => "in force: CommitLimit = (RAM - hugetlb) x ratio + swap",
+            (_, "ratio") => "only mode never uses it",
+            _ => "not in force: overcommit_kbytes is set",
+        };
+        policy.row("ratio", format!("{}%", self.overcommit_ratio), ratio_note);
+        let kbytes_note = match (self.mode, self.limit_in_force) {
+            (Mode::Never, "kbytes") => "in force: CommitLimit = kbytes + swap",
+            (_, "kbytes") => "set, but only mode never uses it",
+            _ => "0: the ratio is in force",
+        };
+        policy.row("kbytes", self.overcommit_kbytes, kbytes_note);
+        out.push_str(&policy.to_string());
+
+        let mut commit = Section::new("Commit accounting");
+        let agreement = if self.commit_limit_bytes == self.commit_limit_computed_bytes {
+            "kernel; the rules give the same".to_string()
+        } else {
+            paint(
+                BAD,
+                format!(
+                    "kernel; the rules give {}",
+                    HumanBytes(self.commit_limit_computed_bytes)
+                ),
+            )
+        };
+        commit.row(
+            "CommitLimit",
+            HumanBytes(self.commit_limit_bytes),
+            agreement,
+        );
+        commit.row("Committed_AS", HumanBytes(self.committed_as_bytes), "");
+        let headroom = if self.headroom_bytes >= 0 {
+            HumanBytes(self.headroom_bytes as u64).to_string()
+        } else {
+            paint(
+                BAD,
+                format!("-{}", HumanBytes(self.headroom_bytes.unsigned_abs())),
+            )
+        };
+        let headroom_note = if self.mode == Mode::Never {
+            "what new allocations may still commit"
+        } else {
+            "enforced only in mode never"
+        };
+        commit.row("headroom", headroom, headroom_note);
+        out.push('\n');
+        out.push_str(&commit.to_string());
+
+        let mut memory = Section::new("Memory");
+        memory.row("MemTotal", HumanBytes(self.mem_total_bytes), "");
+        let swap_note = if self.swap_devices.is_empty() {
+            "no swap devices".to_string()
+        } else {
+            String::new()
+        };
+        memory.row("SwapTotal", HumanBytes(self.swap_total_bytes), swap_note);
+        for swap in &self.swap_devices {
+            memory.row(
+                format!("  {}", swap.path),
+                HumanBytes(swap.size_bytes),
+                format!(
+                    "{}, used {}, priority {}",
+                    swap.kind,
+                    HumanBytes(swap.used_bytes),
+                    swap.priority
+                ),
+            );
+        }
+        memory.row(
+            "Hugetlb",
+            HumanBytes(self.hugetlb_bytes),
+            format!("nr_hugepages {}", self.nr_hugepages),
+        );
+        memory.row(
+            "reserves",
+            format!("admin {}", HumanBytes(self.admin_reserve_bytes)),
+            format!(
+                "user {} (mode never only)",
+                HumanBytes(self.user_reserve_bytes)
+            ),
+        );
+        out.push('\n');
+        out.push_str(&memory.to_string());
+
+        let mut largest = Section::new("Largest single allocation now");
+        let show = |bytes: Option<u64>| {
+            bytes.map_or("no limit".to_string(), |b| HumanBytes(b).to_string())
+        };
+        let rule_note = match self.largest_allocation.rule {
+            Rule::Heuristic => "MemTotal + SwapTotal",
+            Rule::CommitLimit => "CommitLimit - Committed_AS - reserves",
+            Rule::Always => "only the address space limits it",
+            _ => "",
+        };
+        largest.row("root", show(self.largest_allocation.root_bytes), rule_note);
+        largest.row("user", show(self.largest_allocation.user_bytes), "");
+        out.push('\n');
+        out.push_str(&largest.to_string());
+
+        let mut boot = Section::new("Boot configuration");
+        for knob in [
+            Knob::OvercommitMemory,
+            Knob::OvercommitRatio,
+            Knob::OvercommitKbytes,
+        ] {
+            let key = knob.sysctl_key();
+            match self.boot.values.get(&key) {
+                Some(value) => {
+                    let overridden = if value.overridden.is_empty() {
+                        String::new()
+                    } else {
+                        format!("overrides {} earlier setting(s)", value.overridden.len())
+                    };
+                    boot.row(
+                        &key,
+                        format!(
+                            "{}  ({}:{})",
+                            value.winner.value,
+                            value.winner.file.display(),
+                            value.winner.line
+                        ),
+                        overridden,
+                    );
+                }
+                None => {
+                    boot.row(&key, "not set", "the kernel default applies at boot");
+                }
+            }
+        }
+        out.push('\n');
+        out.push_str(&boot.to_string());
+
+        out.push('\n');
+        out.push_str(&paint(crate::output::HEADING, "Findings"));
+        out.push('\n');
+        if self.findings.is_empty() {
+            out.push_str(&format!("  {}\n", paint(GOOD, "nothing to report")));
+        }
+        for finding in &self.findings {
+            let label = match finding.severity {
+                Severity::Critical => paint(BAD, "critical"),
+                Severity::Warning => paint(WARN, "warning "),
+                Severity::Info => paint(DIM, "info    "),
+            };
+            out.push_str(&format!(
+                "  {label}  {}\n            {}\n",
+                finding.message,
+                paint(DIM, &finding.advice)
+            ));
+        }
+        out
+    }
+}
+
+fn mode_summary(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Heuristic => "one request may not exceed MemTotal + SwapTotal",
+        Mode::Always => "every request succeeds; pages are taken when touched",
+        Mode::Never => "all commitments together stay below CommitLimit",
+    }
+}

@@ -1,0 +1,515 @@
+//! Kernel I/O: the one module that reads and writes kernel files.
+//!
+//! Node-wide files (vm sysctls, meminfo, swaps, osrelease) are reached under a [`ProcRoot`],
+//! so tests point it at a fake tree. Facts about processes always come from the real /proc,
+//! because processes are always real (design.md).
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use procfs_core::process::{LimitValue, Limits, Stat, Status};
+use procfs_core::{FromRead, Meminfo};
+use serde::Serialize;
+
+use crate::model::{KernelVersion, Knob, Memory, Mode, Node, Policy, Tunables};
+
+/// A kernel file that could not be read, parsed or written; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot read {}: {source}{}", path.display(), missing_hint(source))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: expected {expected}, found {found:?}", path.display())]
+    Parse {
+        path: PathBuf,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("cannot write {value} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} holds {found} after writing: expected {expected}", path.display())]
+    ReadBack {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+}
+
+fn missing_hint(error: &io::Error) -> &'static str {
+    if error.kind() == io::ErrorKind::NotFound {
+        " (is the proc root a Linux /proc? containers may have no /proc/sys/vm)"
+    } else {
+        ""
+    }
+}
+
+/// One swap device from /proc/swaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwapDevice {
+    pub path: String,
+    pub kind: String,
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub priority: i64,
+}
+
+/// The directory laid out like /proc under which node-wide kernel files are read and written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcRoot {
+    root: PathBuf,
+}
+
+impl Default for ProcRoot {
+    fn default() -> Self {
+        ProcRoot::new("/proc")
+    }
+}
+
+impl ProcRoot {
+    pub fn new(root: impl Into<PathBuf>) -> ProcRoot {
+        ProcRoot { root: root.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn knob_path(&self, knob: Knob) -> PathBuf {
+        self.root.join("sys/vm").join(knob.file_name())
+    }
+
+    fn read(&self, relative: &str) -> Result<String, KernelError> {
+        read_file(&self.root.join(relative))
+    }
+
+    /// Reads one vm sysctl as the signed integer the kernel prints.
+    pub fn read_knob(&self, knob: Knob) -> Result<i64, KernelError> {
+        let path = self.knob_path(knob);
+        let text = read_file(&path)?;
+        text.trim().parse().map_err(|_| KernelError::Parse {
+            path,
+            expected: "an integer",
+            found: text.trim().to_string(),
+        })
+    }
+
+    fn read_unsigned(&self, knob: Knob) -> Result<u64, KernelError> {
+        let value = self.read_knob(knob)?;
+        u64::try_from(value).map_err(|_| KernelError::Parse {
+            path: self.knob_path(knob),
+            expected: "a non-negative integer",
+            found: value.to_string(),
+        })
+    }
+
+    pub fn read_tunables(&self) -> Result<Tunables, KernelError> {
+        let mode_number = self.read_knob(Knob::OvercommitMemory)?;
+        let overcommit_memory =
+            Mode::from_number(mode_number).ok_or_else(|| KernelError::Parse {
+                path: self.knob_path(Knob::OvercommitMemory),
+                expected: "0, 1 or 2",
+                found: mode_number.to_string(),
+            })?;
+        Ok(Tunables {
+            overcommit_memory,
+            overcommit_ratio: self.read_knob(Knob::OvercommitRatio)?,
+            overcommit_kbytes: self.read_unsigned(Knob::OvercommitKbytes)?,
+            admin_reserve_kbytes: self.read_unsigned(Knob::AdminReserveKbytes)?,
+            user_reserve_kbytes: self.read_unsigned(Knob::UserReserveKbytes)?,
+            max_map_count: self.read_unsigned(Knob::MaxMapCount)?,
+            swappiness: self.read_unsigned(Knob::Swappiness)?,
+            nr_hugepages: self.read_unsigned(Knob::NrHugepages)?,
+        })
+    }
+
+    /// /proc/meminfo through the `procfs` parser, reduced to what the rules read.
+    pub fn read_memory(&self) -> Result<Memory, KernelError> {
+        let path = self.root.join("meminfo");
+        let text = read_file(&path)?;
+        let info = Meminfo::from_read(text.as_bytes()).map_err(|e| KernelError::Parse {
+            path: path.clone(),
+            expected: "meminfo lines such as `MemTotal: 16384 kB` (MemTotal, SwapTotal, Committed_AS, ...)",
+            found: e.to_string(),
+        })?;
+        let hugetlb = info.hugetlb.unwrap_or_else(|| {
+            info.hugepages_total
+                .unwrap_or(0)
+                .saturating_mul(info.hugepagesize.unwrap_or(0))
+        });
+        let commit_limit = info.commit_limit.ok_or_else(|| KernelError::Parse {
+            path,
+            expected: "a CommitLimit line",
+            found: "none".to_string(),
+        })?;
+        Ok(Memory {
+            mem_total: info.mem_total,
+            swap_total: info.swap_total,
+            hugetlb,
+            committed_as: info.committed_as,
+            commit_limit,
+            mem_free: info.mem_free,
+            file_pages: info.buffers + info.cached + info.swap_cached,
+            shmem: info.shmem.unwrap_or(0),
+            swap_free: info.swap_free,
+            slab_reclaimable: info.s_reclaimable.unwrap_or(0),
+        })
+    }
+
+    /// /proc/swaps, with the kernel's octal escapes in paths undone.
+    pub fn read_swaps(&self) -> Result<Vec<SwapDevice>, KernelError> {
+        let path = self.root.join("swaps");
+        let text = read_file(&path)?;
+        parse_swaps(&text).map_err(|line| KernelError::Parse {
+            path,
+            expected: "`Filename Type Size Used Priority` rows",
+            found: line,
+        })
+    }
+
+    /// The kernel release string (/proc/sys/kernel/osrelease).
+    pub fn read_release(&self) -> Result<String, KernelError> {
+        Ok(self.read("sys/kernel/osrelease")?.trim().to_string())
+    }
+
+    /// Online CPUs, from the `cpuN` lines of /proc/stat; the host's count if it is absent.
+    pub fn read_nr_cpus(&self) -> Result<u32, KernelError> {
+        match self.read("stat") {
+            Ok(text) => {
+                let count = text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                    })
+                    .count();
+                Ok(u32::try_from(count).unwrap_or(u32::MAX).max(1))
+            }
+            Err(KernelError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The kernel command line (for `sysctl.vm.*=` boot parameters); empty if absent.
+    pub fn read_cmdline(&self) -> String {
+        self.read("cmdline").unwrap_or_default()
+    }
+
+    /// Everything the rules read, in one go.
+    pub fn node(&self) -> Result<Node, KernelError> {
+        let tunables = self.read_tunables()?;
+        let memory = self.read_memory()?;
+        let release = self.read_release()?;
+        Ok(Node {
+            tunables,
+            memory,
+            kernel: KernelVersion::parse(&release),
+            nr_cpus: self.read_nr_cpus()?,
+            page_size: page_size(),
+        })
+    }
+
+    /// Writes one vm sysctl: one write() of the whole value at offset 0, as the kernel wants.
+    pub fn write_knob(&self, knob: Knob, value: u64) -> Result<(), KernelError> {
+        let path = self.knob_path(knob);
+        let text = format!("{value}\n");
+        let error = |source| KernelError::Write {
+            path: path.clone(),
+            value,
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(error)?;
+        let written = file.write_at(text.as_bytes(), 0).map_err(error)?;
+        if written != text.len() {
+            return Err(error(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write",
+            )));
+        }
+        // The kernel zeroes the other limit knob when one is written. A fake tree is plain
+        // files, so do the kernel's part there, so that tests see what a kernel would hold.
+        if !self.is_procfs() {
+            let other = match knob {
+                Knob::OvercommitRatio => Some(Knob::OvercommitKbytes),
+                Knob::OvercommitKbytes => Some(Knob::OvercommitRatio),
+                _ => None,
+            };
+            if let Some(other) = other {
+                fs::write(self.knob_path(other), "0\n").map_err(|source| KernelError::Write {
+                    path: self.knob_path(other),
+                    value: 0,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the root is a real procfs (not a test tree).
+    pub fn is_procfs(&self) -> bool {
+        nix::sys::statfs::statfs(&self.root)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+    }
+
+    /// Puts `policy` in force: the writes of [`crate::model::write_plan`] in its order, then
+    /// reads the three knobs back. Returns the tunables found before and after.
+    pub fn write_policy(&self, policy: &Policy) -> Result<(Tunables, Tunables), KernelError> {
+        let before = self.read_tunables()?;
+        for (knob, value) in crate::model::write_plan(&before, policy) {
+            self.write_knob(knob, value)?;
+        }
+        let after = self.read_tunables()?;
+        let expected = before.with_policy(policy);
+        let pairs = [
+            (
+                Knob::OvercommitMemory,
+                i64::from(expected.overcommit_memory.number()),
+                i64::from(after.overcommit_memory.number()),
+            ),
+            (
+                Knob::OvercommitRatio,
+                expected.overcommit_ratio,
+                after.overcommit_ratio,
+            ),
+            (
+                Knob::OvercommitKbytes,
+                expected.overcommit_kbytes as i64,
+                after.overcommit_kbytes as i64,
+            ),
+        ];
+        for (knob, want, found) in pairs {
+            if want != found {
+                return Err(KernelError::ReadBack {
+                    path: self.knob_path(knob),
+                    expected: want.to_string(),
+                    found: found.to_string(),
+                });
+            }
+        }
+        Ok((before, after))
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, KernelError> {
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(|source| KernelError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(text)
+}
+
+/// The base page size of this machine.
+pub fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|size| u64::try_from(size).ok())
+        .filter(|&size| size >= 1024)
+        .unwrap_or(4096)
+}
+
+/// Parses /proc/swaps; on a bad row returns that row.
+fn parse_swaps(text: &str) -> Result<Vec<SwapDevice>, String> {
+    text.lines()
+        .skip(1)
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
+            match (fields.len(), number(2), number(3), number(4)) {
+                (5, Some(size), Some(used), Some(priority)) if size >= 0 && used >= 0 => {
+                    Ok(SwapDevice {
+                        path: unescape_octal(fields[0]),
+                        kind: fields[1].to_string(),
+                        size_bytes: size as u64 * 1024,
+                        used_bytes: used as u64 * 1024,
+                        priority,
+                    })
+                }
+                _ => Err(line.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// Undoes seq_file's `\ooo` escapes (space, tab, newline, backslash) in a path.
+fn unescape_octal(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(digits)) => {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What the rules need to know about a real process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub comm: String,
+    pub uid: u32,
+    pub cap_sys_admin: bool,
+    pub vm_size: u64,
+    pub vm_data: u64,
+    pub rlimit_as: Option<u64>,
+    pub rlimit_data: Option<u64>,
+    pub map_count: u64,
+    /// Clock ticks after boot at which the process started; with the pid, its identity.
+    pub start_time: u64,
+    /// The tightest cgroup v2 memory.max on the way from its cgroup to the root.
+    pub memory_max: Option<u64>,
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Reads a real process's facts from /proc/PID (never from the proc root).
+pub fn process_info(pid: i32) -> Result<ProcessInfo, KernelError> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let parse_error = |file: &str, e: procfs_core::ProcError| KernelError::Parse {
+        path: dir.join(file),
+        expected: "the kernel's format",
+        found: e.to_string(),
+    };
+    let status = Status::from_read(read_file(&dir.join("status"))?.as_bytes())
+        .map_err(|e| parse_error("status", e))?;
+    let limits = Limits::from_read(read_file(&dir.join("limits"))?.as_bytes())
+        .map_err(|e| parse_error("limits", e))?;
+    let stat = Stat::from_read(read_file(&dir.join("stat"))?.as_bytes())
+        .map_err(|e| parse_error("stat", e))?;
+    let map_count = read_file(&dir.join("maps"))?.lines().count() as u64;
+    let soft = |value: &LimitValue| match value {
+        LimitValue::Unlimited => None,
+        LimitValue::Value(v) => Some(*v),
+    };
+    Ok(ProcessInfo {
+        pid,
+        comm: stat.comm,
+        uid: status.euid,
+        cap_sys_admin: status.capeff & (1 << CAP_SYS_ADMIN) != 0,
+        vm_size: status.vmsize.unwrap_or(0) * 1024,
+        vm_data: status.vmdata.unwrap_or(0) * 1024,
+        rlimit_as: soft(&limits.max_address_space.soft_limit),
+        rlimit_data: soft(&limits.max_data_size.soft_limit),
+        map_count,
+        start_time: stat.starttime,
+        memory_max: cgroup_memory_max(pid),
+    })
+}
+
+/// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat).
+pub fn process_start_time(pid: i32) -> Result<u64, KernelError> {
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let text = read_file(&path)?;
+    Stat::from_read(text.as_bytes())
+        .map(|s| s.starttime)
+        .map_err(|e| KernelError::Parse {
+            path,
+            expected: "the kernel's stat format",
+            found: e.to_string(),
+        })
+}
+
+/// The short command name of a process, for audit lines; `?` if it is gone.
+pub fn process_comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_or_else(|_| "?".to_string(), |c| c.trim().to_string())
+}
+
+/// The smallest memory.max from the process's cgroup (v2) up to the root.
+fn cgroup_memory_max(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let mut dir = PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let mut tightest: Option<u64> = None;
+    loop {
+        if let Ok(value) = fs::read_to_string(dir.join("memory.max")) {
+            if let Ok(limit) = value.trim().parse::<u64>() {
+                tightest = Some(tightest.map_or(limit, |t| t.min(limit)));
+            }
+        }
+        if dir == Path::new("/sys/fs/cgroup") || !dir.pop() {
+            return tightest;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swaps_parse_and_unescape_paths() {
+        let text = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n\
+                    /dev/vda                                partition\t1048572\t\t0\t\t-2\n\
+                    /var/swap\\040file\\134x                  file\t\t524284\t\t1024\t\t5\n";
+        let swaps = parse_swaps(text).unwrap();
+        assert_eq!(swaps.len(), 2);
+        assert_eq!(swaps[0].path, "/dev/vda");
+        assert_eq!(swaps[0].size_bytes, 1048572 * 1024);
+        assert_eq!(swaps[0].priority, -2);
+        assert_eq!(swaps[1].path, "/var/swap file\\x");
+        assert_eq!(swaps[1].kind, "file");
+        assert_eq!(swaps[1].used_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_swap_rows_are_reported() {
+        assert_eq!(
+            parse_swaps("header\n/dev/x partition ten 0 -2\n"),
+            Err("/dev/x partition ten 0 -2".into())
+        );
+        assert_eq!(
+            parse_swaps("Filename Type Size Used Priority\n"),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn octal_escapes_only_apply_to_three_octal_digits() {
+        assert_eq!(unescape_octal("a\\011b"), "a\tb");
+        assert_eq!(unescape_octal("a\\9b"), "a\\9b");
+        assert_eq!(unescape_octal("end\\"), "end\\");
+    }
+
+    #[test]
+    fn this_process_can_be_read() {
+        let me = process_info(std::process::id() as i32).unwrap();
+        assert!(me.vm_size > 0);
+        assert!(me.map_count > 0);
+        assert_eq!(process_start_time(me.pid).unwrap(), me.start_time);
+    }
+}
