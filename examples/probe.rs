@@ -1,0 +1,248 @@
+//! `probe`: a tiny multi-call helper that runs inside the test guests (built static).
+//!
+//! It asks the real kernel for memory the way a big `malloc`/`np.zeros` does (one private,
+//! writable, anonymous mapping, charged to Committed_AS in full) and reports the verdict
+//! together with the two inputs the overcommit rules depend on, so a test can compare the
+//! kernel's answer with the project's prediction.
+//!
+//! ```text
+//! probe alloc [--uid U --gid G] BYTES...    one mmap per size, one PROBE line each
+//! probe hold BYTES                           map BYTES (untouched) and wait to be killed
+//! probe runas UID GID [--groups G1,G2,...] -- CMD ARGS...
+//! ```
+//!
+//! `runas` exists because busybox `setpriv` has no `--reuid`.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::process::exit;
+
+use nix::unistd::{self, Gid, Uid};
+
+const USAGE: &str = "usage:
+  probe alloc [--uid U --gid G] BYTES...
+  probe hold BYTES
+  probe runas UID GID [--groups G1,G2,...] -- CMD ARGS...";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((cmd, rest)) => (cmd.as_str(), rest),
+        None => usage_error("missing command"),
+    };
+    match cmd {
+        "alloc" => alloc(rest),
+        "hold" => hold(rest),
+        "runas" => runas(rest),
+        "-h" | "--help" => {
+            println!("{USAGE}");
+        }
+        other => usage_error(&format!("unknown command {other:?}")),
+    }
+}
+
+/// Bad command line: exit 2, like most tools, so a test can tell it from a runtime failure.
+fn usage_error(msg: &str) -> ! {
+    eprintln!("probe: {msg}\n{USAGE}");
+    exit(2);
+}
+
+/// Runtime failure (I/O, privilege drop): a clear message and exit 1.
+fn fail(msg: &str) -> ! {
+    eprintln!("probe: {msg}");
+    exit(1);
+}
+
+fn parse_num<T: std::str::FromStr>(what: &str, s: &str) -> T {
+    match s.parse() {
+        Ok(v) => v,
+        Err(_) => usage_error(&format!("{what}: {s:?} is not a decimal number")),
+    }
+}
+
+/// `probe alloc [--uid U --gid G] BYTES...`
+fn alloc(args: &[String]) {
+    let mut uid: Option<u32> = None;
+    let mut gid: Option<u32> = None;
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--uid" => {
+                let v = it
+                    .next()
+                    .unwrap_or_else(|| usage_error("--uid needs a value"));
+                uid = Some(parse_num("--uid", v));
+            }
+            "--gid" => {
+                let v = it
+                    .next()
+                    .unwrap_or_else(|| usage_error("--gid needs a value"));
+                gid = Some(parse_num("--gid", v));
+            }
+            s => sizes.push(parse_num("BYTES", s)),
+        }
+    }
+    if sizes.is_empty() {
+        usage_error("alloc needs at least one size");
+    }
+    match (uid, gid) {
+        (Some(uid), Some(gid)) => drop_privileges(uid, gid, &[]),
+        (None, None) => {}
+        _ => usage_error("--uid and --gid go together"),
+    }
+
+    let uid = unistd::getuid().as_raw();
+    for bytes in sizes {
+        // Read both inputs of the kernel's check immediately before the mmap so the line
+        // describes the state the kernel decided on (VmSize is total_vm before the mapping).
+        let vmsize_kb = proc_field_kb("/proc/self/status", "VmSize:");
+        let committed_kb = proc_field_kb("/proc/meminfo", "Committed_AS:");
+        let result = match map_anonymous(bytes) {
+            Ok(addr) => {
+                // SAFETY: addr/bytes are exactly what mmap returned; nothing references it.
+                unsafe { libc::munmap(addr, bytes) };
+                "OK".to_string()
+            }
+            Err(libc::ENOMEM) => "ENOMEM".to_string(),
+            Err(errno) => format!("E{errno}"),
+        };
+        println!(
+            "PROBE bytes={bytes} uid={uid} vmsize_kb={vmsize_kb} committed_kb={committed_kb} result={result}"
+        );
+    }
+}
+
+/// `probe hold BYTES`: commit memory without touching it (raises Committed_AS only), then
+/// wait until killed so a test can measure the effect on other allocations.
+fn hold(args: &[String]) {
+    let bytes: usize = match args {
+        [b] => parse_num("BYTES", b),
+        _ => usage_error("hold takes exactly one size"),
+    };
+    if let Err(errno) = map_anonymous(bytes) {
+        fail(&format!(
+            "mmap of {bytes} bytes failed: {}",
+            std::io::Error::from_raw_os_error(errno)
+        ));
+    }
+    println!("HOLDING bytes={bytes} pid={}", std::process::id());
+    loop {
+        unistd::pause();
+    }
+}
+
+/// `probe runas UID GID [--groups G1,G2,...] -- CMD ARGS...`
+fn runas(args: &[String]) {
+    let (uid, gid, rest) = match args {
+        [uid, gid, rest @ ..] => (parse_num("UID", uid), parse_num("GID", gid), rest),
+        _ => usage_error("runas needs UID and GID"),
+    };
+    let (groups, cmd) = match rest {
+        [flag, list, dashdash, cmd @ ..] if flag == "--groups" && dashdash == "--" => {
+            let groups: Vec<u32> = list
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(|g| parse_num("--groups", g))
+                .collect();
+            (groups, cmd)
+        }
+        [dashdash, cmd @ ..] if dashdash == "--" => (Vec::new(), cmd),
+        _ => usage_error("runas: expected [--groups LIST] -- CMD"),
+    };
+    if cmd.is_empty() {
+        usage_error("runas: missing CMD after --");
+    }
+    let cargs: Vec<CString> = cmd
+        .iter()
+        .map(|a| {
+            CString::new(a.as_str())
+                .unwrap_or_else(|_| usage_error("runas: argument contains a NUL byte"))
+        })
+        .collect();
+    drop_privileges(uid, gid, &groups);
+    let err = match unistd::execvp(&cargs[0], &cargs) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    fail(&format!("exec {}: {err}", cmd[0]));
+}
+
+/// Supplementary groups first, then the gid, then the uid: once the uid is gone the process
+/// no longer has the right to change the other two. Checked afterwards so a silent partial
+/// drop cannot make an "unprivileged" probe run as root.
+fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) {
+    let groups: Vec<Gid> = groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    if let Err(e) = unistd::setgroups(&groups) {
+        fail(&format!("setgroups: {e}"));
+    }
+    if let Err(e) = unistd::setgid(Gid::from_raw(gid)) {
+        fail(&format!("setgid({gid}): {e}"));
+    }
+    if let Err(e) = unistd::setuid(Uid::from_raw(uid)) {
+        fail(&format!("setuid({uid}): {e}"));
+    }
+    if unistd::getuid().as_raw() != uid || unistd::geteuid().as_raw() != uid {
+        fail(&format!(
+            "still uid {} / euid {} after setuid({uid})",
+            unistd::getuid(),
+            unistd::geteuid()
+        ));
+    }
+    if unistd::getgid().as_raw() != gid || unistd::getegid().as_raw() != gid {
+        fail(&format!("gid is not {gid} after setgid"));
+    }
+}
+
+/// One private, writable, anonymous mapping: the kind the kernel charges to Committed_AS in
+/// full at mmap time (VM_ACCOUNT). Returns the address or the errno.
+fn map_anonymous(bytes: usize) -> Result<*mut libc::c_void, i32> {
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing cannot alias
+    // anything this process uses.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    } else {
+        Ok(addr)
+    }
+}
+
+/// The kB value of a `Name:   123 kB` line of a /proc file.
+///
+/// Reads into a stack buffer rather than a String: heap growth here would change VmSize
+/// between the measurement and the mmap it describes.
+fn proc_field_kb(path: &str, field: &str) -> u64 {
+    let mut buf = [0u8; 8192];
+    let mut len = 0;
+    let mut file = File::open(path).unwrap_or_else(|e| fail(&format!("open {path}: {e}")));
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => fail(&format!("read {path}: {e}")),
+        }
+        if len == buf.len() {
+            fail(&format!("{path} is larger than {} bytes", buf.len()));
+        }
+    }
+    let text =
+        std::str::from_utf8(&buf[..len]).unwrap_or_else(|_| fail(&format!("{path}: not UTF-8")));
+    text.lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fail(&format!("{path}: no numeric {field} line")))
+}
