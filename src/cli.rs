@@ -273,6 +273,9 @@ pub struct DaemonCli {
     /// Validate the configuration and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,
+    /// Where to log: journald when stderr is connected to it, else syslog, else stderr.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub log: crate::logging::LogTarget,
     /// Log at debug level.
     #[arg(long, short)]
     pub verbose: bool,

@@ -63,7 +63,7 @@ pub fn parse_shape(text: &str) -> Result<Vec<u64>, ArrayError> {
     let bad = || ArrayError::BadShape(text.to_string());
     let inner = text.trim().trim_start_matches('(').trim_end_matches(')');
     let dims: Vec<u64> = inner
-        .split(|c: char| c == 'x' || c == 'X' || c == ',' || c == '×' || c == '*')
+        .split(['x', 'X', ',', '×', '*'])
         .map(str::trim)
         .filter(|part| !part.is_empty())
         .map(|part| part.replace('_', "").parse::<u64>().map_err(|_| bad()))

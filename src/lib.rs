@@ -3,13 +3,21 @@
 //! The pure policy model ([`model`], [`predict`], [`findings`]) knows nothing of files or
 //! sockets; [`kernel`] is the one module that touches kernel files; the binaries are thin.
 
+pub mod auth;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod ctl;
+pub mod daemon;
 pub mod dtype;
 pub mod findings;
+pub mod journal;
 pub mod kernel;
+pub mod lease;
+pub mod logging;
 pub mod model;
 pub mod output;
 pub mod predict;
+pub mod protocol;
 pub mod size;
 pub mod sysctl_d;

@@ -441,6 +441,35 @@ impl Node {
     }
 }
 
+/// A policy that would lock the node out: its CommitLimit (kB) below what is already committed
+/// plus the reserves plus a margin (kB), so every new allocation would fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutRisk {
+    pub limit_kb: u64,
+    pub required_kb: u64,
+}
+
+impl Node {
+    /// The lockout guard: only mode never can lock a node out; it does when CommitLimit would
+    /// not exceed Committed_AS + admin reserve + user reserve + `margin` bytes.
+    pub fn lockout_risk(&self, policy: &Policy, margin: u64) -> Option<LockoutRisk> {
+        if policy.mode != Mode::Never {
+            return None;
+        }
+        let limit_kb =
+            self.with_policy(policy).computed_commit_limit_pages() * (self.page_size / 1024);
+        let t = &self.tunables;
+        let required_kb = self.memory.committed_as / 1024
+            + t.admin_reserve_kbytes
+            + t.user_reserve_kbytes
+            + margin / 1024;
+        (limit_kb < required_kb).then_some(LockoutRisk {
+            limit_kb,
+            required_kb,
+        })
+    }
+}
+
 /// The writes that take the kernel from `current` to `target`, in an order that never passes
 /// through a wrong limit: the limit is inert outside mode 2, so going into mode 2 the limit is
 /// written first, and leaving it the mode is written first. Writing the ratio zeroes kbytes and
@@ -700,6 +729,34 @@ mod tests {
             n.compare_permissiveness(&never(Limit::Ratio(50)), &never(Limit::Kbytes(9 << 20))),
             Less
         );
+    }
+
+    #[test]
+    fn the_lockout_guard_only_trips_in_mode_never_below_committed_plus_reserves() {
+        let mut n = node(4, 0, Mode::Heuristic, 50, 0);
+        n.memory.committed_as = 1 << 30;
+        let never = |ratio| Policy {
+            mode: Mode::Never,
+            limit: Limit::Ratio(ratio),
+        };
+        // 4 GiB × 25% = 1 GiB: not above 1 GiB committed.
+        let risk = n.lockout_risk(&never(25), 0).unwrap();
+        assert_eq!(risk.limit_kb, 1 << 20);
+        assert_eq!(risk.required_kb, (1 << 20) + 8192 + 131072);
+        assert!(n.lockout_risk(&never(50), 64 << 20).is_none());
+        assert!(
+            n.lockout_risk(&never(29), 64 << 20).is_some(),
+            "1.16 GiB < 1 GiB + 136 MiB + 64 MiB"
+        );
+        assert!(n
+            .lockout_risk(
+                &Policy {
+                    mode: Mode::Always,
+                    limit: Limit::Ratio(0)
+                },
+                0
+            )
+            .is_none());
     }
 
     #[test]

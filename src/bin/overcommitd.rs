@@ -1,5 +1,7 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 
-fn main() {
-    let _cli = overcommit::cli::DaemonCli::parse();
+fn main() -> ExitCode {
+    ExitCode::from(overcommit::daemon::run(overcommit::cli::DaemonCli::parse()))
 }

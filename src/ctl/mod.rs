@@ -1,17 +1,32 @@
 //! `overcommitctl`: each subcommand in its own module; this one dispatches and maps errors to
 //! the exit codes of the contract (0 ok, 1 refused/drift/denied, 2 bad input, 3 unreachable).
 
+mod admin;
 mod check;
+mod lease;
 mod status;
 
 use std::io::Write;
 
-use crate::cli::{CtlCli, CtlCommand, StatusFormat};
+use crate::cli::{CtlCli, CtlCommand, GlobalArgs, PolicyArgs, StatusFormat};
+use crate::client::ClientError;
+use crate::config::ConfigError;
 use crate::kernel::{KernelError, ProcRoot};
+use crate::model::{LimitError, Policy};
+use crate::protocol::PolicyRequest;
 use crate::sysctl_d::SysctlSources;
 
 pub use check::CheckReport;
 pub use status::StatusReport;
+
+/// The global options every command sees.
+pub type Globals = GlobalArgs;
+
+impl GlobalArgs {
+    pub fn proc_root(&self) -> ProcRoot {
+        ProcRoot::new(&self.proc_root)
+    }
+}
 
 /// Why a command could not do its job. Each kind has its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +35,32 @@ pub enum CtlError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Array(#[from] crate::dtype::ArrayError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("no profile `{name}` (known: {known})")]
+    NoProfile { name: String, known: String },
+    #[error("the configuration names no baseline and overcommitd is not running: name a profile to verify against")]
+    NothingToVerify,
+    #[error(
+        "refused by the lockout guard: {policy} gives CommitLimit {limit_kb} kB, below Committed_AS plus reserves and margin ({required_kb} kB): every new allocation on the node would fail (--force to override)"
+    )]
+    Unsafe {
+        policy: Policy,
+        limit_kb: u64,
+        required_kb: u64,
+    },
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Usage(String),
-    #[error("cannot write the output: {0}")]
+    #[error("I/O error: {0}")]
     Output(#[from] std::io::Error),
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -31,23 +69,40 @@ pub enum CtlError {
 impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
+            CtlError::Client(e) => e.exit_code(),
+            CtlError::Unsafe { .. } => 1,
+            CtlError::Spawn { .. } => 127,
             CtlError::Kernel(_)
             | CtlError::Array(_)
+            | CtlError::Limit(_)
+            | CtlError::Config(_)
+            | CtlError::NoProfile { .. }
+            | CtlError::NothingToVerify
             | CtlError::Usage(_)
-            | CtlError::Json(_)
-            | CtlError::Output(_) => 2,
+            | CtlError::Output(_)
+            | CtlError::Json(_) => 2,
         }
+    }
+}
+
+fn policy_request(mode: crate::model::Mode, args: &PolicyArgs) -> PolicyRequest {
+    PolicyRequest {
+        mode,
+        ratio: args.ratio.map(i64::from),
+        kbytes: args.kbytes,
     }
 }
 
 /// Runs one `overcommitctl` invocation; returns the process exit code.
 pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
-    let proc_root = ProcRoot::new(&cli.global.proc_root);
-    let json = cli.global.json;
+    let globals = &cli.global;
+    let json = globals.json;
     match cli.command {
         CtlCommand::Status(args) => {
-            let report =
-                StatusReport::gather(&proc_root, &SysctlSources::under(&cli.global.sysctl_root))?;
+            let report = StatusReport::gather(
+                &globals.proc_root(),
+                &SysctlSources::under(&globals.sysctl_root),
+            )?;
             let format = if json {
                 StatusFormat::Json
             } else {
@@ -61,7 +116,7 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
             Ok(0)
         }
         CtlCommand::Check(args) => {
-            let report = CheckReport::gather(&proc_root, &args)?;
+            let report = CheckReport::gather(&globals.proc_root(), &args)?;
             if json {
                 print_json(&report)?;
             } else {
@@ -69,7 +124,22 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
             }
             Ok(report.exit_code())
         }
-        _ => Err(CtlError::Usage("not available yet".into())),
+        CtlCommand::Set(args) => {
+            let policy = PolicyArgs {
+                mode: Some(args.mode),
+                ratio: args.ratio,
+                kbytes: args.kbytes,
+            };
+            admin::set(globals, policy_request(args.mode, &policy), args.force)
+        }
+        CtlCommand::Apply(args) if args.check => admin::apply_check(globals, &args.profile),
+        CtlCommand::Apply(args) => admin::apply(globals, &args.profile, args.force),
+        CtlCommand::Verify(args) => admin::verify(globals, args.profile.as_deref()),
+        CtlCommand::Profiles => admin::profiles(globals),
+        CtlCommand::Run(args) => lease::run(globals, &args.lease, &args.command),
+        CtlCommand::Lease(args) => lease::lease(globals, &args.lease),
+        CtlCommand::Release(args) => lease::release(globals, args.id, args.tag),
+        CtlCommand::Leases => lease::leases(globals),
     }
 }
 

@@ -69,7 +69,7 @@ impl StatusReport {
         let boot = sysctl.boot_config(&proc_root.read_cmdline(), &keys);
         let mut report_findings = findings::assess(&node);
         report_findings.extend(findings::boot_findings(&node, &boot));
-        report_findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+        report_findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         Ok(StatusReport::new(
             &node,
             proc_root,

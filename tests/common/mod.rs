@@ -80,3 +80,163 @@ pub fn meminfo_bytes(proc_root: &Path, key: &str) -> u64 {
         .unwrap()
         * 1024
 }
+
+/// Makes `command` run as another user: supplementary groups, gid, uid (in that order).
+pub fn as_user<'a>(
+    command: &'a mut Command,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) -> &'a mut Command {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<nix::unistd::Gid> = groups
+        .iter()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
+    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+            Ok(())
+        });
+    }
+    command
+}
+
+/// A real `overcommitd` on a real socket, against a writable copy of a fixture's proc tree.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<std::process::Child>,
+    pub args: Vec<String>,
+}
+
+impl Daemon {
+    /// Writes `config` (and `profiles` into profiles.d), copies the fixture, starts the daemon.
+    pub fn start(fixture: &str, config: &str, profiles: &[(&str, &str)]) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = proc_copy(fixture);
+        // Other users must reach the socket: the directory is traversable by all.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir_all(dir.path().join("etc/profiles.d")).unwrap();
+        fs::write(dir.path().join("etc/overcommitd.toml"), config).unwrap();
+        for (name, text) in profiles {
+            fs::write(dir.path().join("etc/profiles.d").join(name), text).unwrap();
+        }
+        let mut daemon = Daemon {
+            dir,
+            child: None,
+            args: Vec::new(),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("run/overcommitd.sock")
+    }
+
+    /// Starts (or restarts) the daemon process and waits for its socket to answer.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("daemon.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_overcommitd"))
+            .arg("--config")
+            .arg(self.path("etc/overcommitd.toml"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--proc-root")
+            .arg(self.path("proc"))
+            .args(["--log", "stderr", "--verbose"])
+            .args(&self.args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        for _ in 0..500 {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("overcommitd exited with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("overcommitd did not come up:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the daemon to exit; its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.take().unwrap().wait().unwrap().code()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// `overcommitctl` pointed at this daemon and its proc tree.
+    pub fn ctl(&self) -> Command {
+        let mut command = ctl();
+        command
+            .env("OVERCOMMIT_SOCKET", self.socket())
+            .env("OVERCOMMIT_PROC_ROOT", self.path("proc"))
+            .env("OVERCOMMIT_CONFIG", self.path("etc/overcommitd.toml"));
+        command
+    }
+
+    /// A vm knob as the (fake) kernel holds it.
+    pub fn knob(&self, name: &str) -> String {
+        fs::read_to_string(self.path("proc/sys/vm").join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn mode(&self) -> String {
+        self.knob("overcommit_memory")
+    }
+
+    /// Waits up to `limit` for the mode to become `want`; how long it took.
+    pub fn wait_mode(&self, want: &str, limit: std::time::Duration) -> Option<std::time::Duration> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if self.mode() == want {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
