@@ -31,7 +31,17 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 }
 
+have_packages() {
+    command -v qemu-system-x86_64 >/dev/null && command -v debootstrap >/dev/null \
+        && command -v mkfs.ext4 >/dev/null && command -v socat >/dev/null \
+        && dpkg -s busybox-static >/dev/null 2>&1
+}
+
 install_packages() {
+    if have_packages; then
+        echo "setup-vm: packages already installed"
+        return 0
+    fi
     add_backports
     as_root apt-get update -q
     # qemu-system-x86 from backports matches the preinstalled qemu-utils 10.x;

@@ -12,6 +12,37 @@ pub const DEFAULT_CONFIG: &str = "/etc/overcommitd/overcommitd.toml";
 pub const DEFAULT_SOCKET: &str = "/run/overcommitd/overcommitd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/run/overcommitd";
 
+const CTL_AFTER_HELP: &str = "\
+Sizes: bytes, or with K/M/G/T/P (powers of 1024, also KiB..PiB) or KB/MB/GB/TB/PB (powers of 1000).
+Modes: heuristic (0), always (1), never (2).
+
+Exit status: 0 ok / allowed / in line; 1 refused, borderline, drift or denied;
+2 bad usage, configuration or input; 3 overcommitd unreachable.
+
+Environment: OVERCOMMIT_PROC_ROOT, OVERCOMMIT_SYSCTL_ROOT, OVERCOMMIT_SOCKET, OVERCOMMIT_CONFIG
+set the options of the same names; NO_COLOR turns colour off.
+
+Examples:
+  overcommitctl status
+  overcommitctl check --shape 210000x210000 --dtype float64
+  overcommitctl run --mode always -- python3 job.py
+  overcommitctl lease --ttl 12h --tag slurm-$SLURM_JOB_ID     (prolog)
+  overcommitctl release --tag slurm-$SLURM_JOB_ID             (epilog)
+  overcommitctl apply hpc-strict --check --json              (config management)
+  overcommitctl verify --json                                (node health checks)";
+
+const DAEMON_AFTER_HELP: &str = "\
+Signals: SIGHUP reloads the configuration (a broken one is refused and the running one stays);
+SIGTERM and SIGINT end all leases, leave the baseline in force and exit.
+
+Files: /etc/overcommitd/overcommitd.toml and /etc/overcommitd/profiles.d/*.toml (configuration);
+/run/overcommitd/overcommitd.sock (socket; or passed by systemd, LISTEN_FDS);
+/run/overcommitd/state.json (journal of baseline and leases, re-read after a restart).
+
+Exit status: 0 stopped cleanly or configuration valid; 1 could not start; 2 invalid configuration.
+
+The wire protocol (one JSON object per line) is described in the project's docs/protocol.md.";
+
 fn parse_size(text: &str) -> Result<u64, String> {
     crate::size::parse_size(text).map_err(|e| e.to_string())
 }
@@ -53,7 +84,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Exit codes: 0 ok / allowed / in line; 1 refused / borderline / drift / denied;
 /// 2 bad usage, config or input; 3 daemon unreachable.
 #[derive(Debug, Parser)]
-#[command(name = "overcommitctl", version, max_term_width = 100)]
+#[command(name = "overcommitctl", version, max_term_width = 100, after_long_help = CTL_AFTER_HELP)]
 pub struct CtlCli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -255,8 +286,14 @@ pub struct ReleaseArgs {
 }
 
 /// The overcommit daemon: owns the node's overcommit policy and grants leases to jobs.
+///
+/// overcommitd applies the baseline profile at start, serves a Unix socket on which
+/// unprivileged jobs ask for temporary, more permissive policies (leases), restores the
+/// baseline when the last lease ends, and journals its intent so that a crash never leaves the
+/// node wrong. Identity comes from the kernel (SO_PEERCRED); who may lease what is set by the
+/// [[access]] rules of overcommitd.toml(5).
 #[derive(Debug, Parser)]
-#[command(name = "overcommitd", version, max_term_width = 100)]
+#[command(name = "overcommitd", version, max_term_width = 100, after_long_help = DAEMON_AFTER_HELP)]
 pub struct DaemonCli {
     /// Configuration file; profiles are also read from profiles.d/*.toml beside it.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]

@@ -36,7 +36,12 @@ pub fn proc_copy(name: &str) -> tempfile::TempDir {
 
 /// `overcommitctl` with a clean environment for the options it reads.
 pub fn ctl() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_overcommitctl"));
+    clean(env!("CARGO_BIN_EXE_overcommitctl"))
+}
+
+/// `program` without the environment variables overcommitctl reads.
+pub fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
     for var in [
         "OVERCOMMIT_PROC_ROOT",
         "OVERCOMMIT_SYSCTL_ROOT",
@@ -199,7 +204,12 @@ impl Daemon {
 
     /// `overcommitctl` pointed at this daemon and its proc tree.
     pub fn ctl(&self) -> Command {
-        let mut command = ctl();
+        self.command(env!("CARGO_BIN_EXE_overcommitctl"))
+    }
+
+    /// `program` with the environment that points overcommitctl at this daemon.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = clean(program);
         command
             .env("OVERCOMMIT_SOCKET", self.socket())
             .env("OVERCOMMIT_PROC_ROOT", self.path("proc"))

@@ -1,0 +1,318 @@
+//! What a site installs: the systemd units (checked by systemd's own tools), the shipped
+//! configuration and profiles, the generated man pages and completions, and the contrib hooks
+//! (the Slurm prolog/epilog, the NHC check and the Prometheus exporter) run for real against
+//! a real daemon.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{run, Daemon};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// systemd-analyze is part of the systemd tools CI has; outside CI a missing one is loud.
+fn systemd_analyze() -> Option<&'static str> {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("systemd-analyze");
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "systemd-analyze is missing (apt-get install systemd)"
+    );
+    eprintln!(
+        "\n*** SKIPPED: systemd-analyze is not installed; the unit files were not checked ***\n"
+    );
+    None
+}
+
+/// The units with ExecStart pointing at the binary just built (verify checks that it exists).
+fn units_for_verify() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let service = std::fs::read_to_string(repo().join("systemd/overcommitd.service"))
+        .unwrap()
+        .replace("/usr/sbin/overcommitd", env!("CARGO_BIN_EXE_overcommitd"));
+    std::fs::write(dir.path().join("overcommitd.service"), service).unwrap();
+    std::fs::copy(
+        repo().join("systemd/overcommitd.socket"),
+        dir.path().join("overcommitd.socket"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn systemd_analyze_verify_is_clean() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let dir = units_for_verify();
+    let (code, out, err) = run(Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("overcommitd.service"))
+        .arg(dir.path().join("overcommitd.socket")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        format!("{out}{err}").trim(),
+        "",
+        "systemd-analyze verify has complaints"
+    );
+}
+
+#[test]
+fn the_service_sandbox_rates_2_or_better() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let (code, out, err) = run(Command::new(analyze)
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(repo().join("systemd/overcommitd.service")));
+    let text = format!("{out}{err}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!("systemd-analyze security: {}", line.trim());
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+    assert!(code == 0 || code == 1, "{text}");
+}
+
+#[test]
+fn the_shipped_configuration_and_profiles_are_valid() {
+    let output = Command::new(env!("CARGO_BIN_EXE_overcommitd"))
+        .arg("--config")
+        .arg(repo().join("etc/overcommitd/overcommitd.toml"))
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        out.contains("valid (5 profiles, 1 access rules, baseline default)"),
+        "{out}"
+    );
+    let (code, out, _) = run(common::ctl()
+        .arg("--config")
+        .arg(repo().join("etc/overcommitd/overcommitd.toml"))
+        .arg("--socket")
+        .arg("/nonexistent/sock")
+        .args(["profiles", "--json"]));
+    assert_eq!(code, 0);
+    let profiles: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = profiles["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "default",
+        "kernel-default",
+        "hpc-strict",
+        "hpc-strict-swap",
+        "bigmem",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    // Examples are built by `cargo test` next to the test binaries' directory.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+#[test]
+fn man_pages_and_completions_are_generated_from_the_cli_definitions() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(Command::new(example("package_assets")).arg(out.path()));
+    assert_eq!(code, 0, "{err}");
+    let read = |p: &str| {
+        std::fs::read_to_string(out.path().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let ctl = read("man/overcommitctl.1");
+    assert!(
+        ctl.starts_with(".ie") || ctl.contains(".TH overcommitctl 1"),
+        "{}",
+        &ctl[..200.min(ctl.len())]
+    );
+    for sub in [
+        "status", "check", "run", "lease", "release", "leases", "set", "apply", "verify",
+        "profiles",
+    ] {
+        assert!(ctl.contains(sub), "overcommitctl.1 lacks {sub}");
+        assert!(
+            out.path()
+                .join(format!("man/overcommitctl-{sub}.1"))
+                .exists(),
+            "no page for {sub}"
+        );
+    }
+    assert!(read("man/overcommitctl-check.1").contains("shape"));
+    let daemon = read("man/overcommitd.8");
+    assert!(
+        daemon.contains(".TH overcommitd 8")
+            && daemon.contains("check\\-config")
+            && daemon.contains("SIGHUP")
+    );
+    assert!(read("man/overcommitd.toml.5").contains(".TH OVERCOMMITD.TOML 5"));
+    assert!(read("completions/overcommitctl").contains("--shape"));
+    assert!(read("completions/_overcommitctl").contains("#compdef overcommitctl"));
+    assert!(read("completions/overcommitctl.fish").contains("complete -c overcommitctl"));
+}
+
+const SITE: &str = r#"
+[daemon]
+baseline = "default"
+drift_interval = "0"
+
+[profiles.default]
+mode = "heuristic"
+"#;
+
+/// A `scontrol` that prints one job record, first in PATH.
+fn fake_scontrol(dir: &Path, record: &str) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("scontrol");
+    std::fs::write(&script, format!("#!/bin/sh\ncat <<'EOF'\n{record}\nEOF\n")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ctl_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
+        .parent()
+        .unwrap();
+    format!(
+        "{}:{}:{}",
+        bin.display(),
+        ctl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn the_slurm_prolog_and_epilog_take_and_release_a_lease_per_job() {
+    let daemon = Daemon::start("m1024-swap512-mode0", SITE, &[]);
+    let record = "JobId=42 JobName=numpy UserId=alice(1000) Comment=overcommit=always TimeLimit=01:30:00 Partition=big";
+    let path = fake_scontrol(daemon.dir.path(), record);
+    let hook = |name: &str| {
+        let mut command = daemon.command(repo().join("contrib/slurm").join(name));
+        command
+            .env("PATH", &path)
+            .env("SLURM_JOB_ID", "42")
+            .env("SLURM_JOB_UID", "1000");
+        command
+    };
+    let (code, _, err) = run(&mut hook("prolog.sh"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        daemon.mode(),
+        "1",
+        "the job's lease is in force:\n{}",
+        daemon.log()
+    );
+    let (_, out, _) = run(daemon.ctl().args(["leases", "--json"]));
+    let leases: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lease = &leases["leases"][0];
+    assert_eq!(lease["tag"], "slurm-42");
+    let ttl = lease["expires_at"].as_u64().unwrap() - lease["granted_at"].as_u64().unwrap();
+    assert!(
+        (5990..=6010).contains(&ttl),
+        "TTL = the 1h30 time limit + 10 min, got {ttl}"
+    );
+    let (code, _, err) = run(&mut hook("epilog.sh"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(daemon.mode(), "0", "released");
+    // A job that did not ask gets nothing, and the hooks still succeed.
+    let plain = fake_scontrol(
+        daemon.dir.path(),
+        "JobId=43 Comment=(null) TimeLimit=UNLIMITED",
+    );
+    let (code, _, _) = run(hook("prolog.sh")
+        .env("PATH", &plain)
+        .env("SLURM_JOB_ID", "43"));
+    assert_eq!(code, 0);
+    assert_eq!(daemon.mode(), "0");
+    let (code, _, _) = run(hook("epilog.sh").env("SLURM_JOB_ID", "43"));
+    assert_eq!(code, 0, "no lease to release is not a failure");
+}
+
+#[test]
+fn the_nhc_check_passes_in_line_and_fails_on_drift() {
+    let daemon = Daemon::start("m1024-swap512-mode0", SITE, &[]);
+    let script = format!(
+        "die() {{ echo \"DIE $*\"; }}\n. {}\ncheck_overcommit_policy default && echo PASS",
+        repo().join("contrib/nhc/overcommit.nhc").display()
+    );
+    let ctl_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let path = format!("{ctl_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let (code, out, err) = run(daemon
+        .command("bash")
+        .env("PATH", &path)
+        .args(["-c", &script]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("PASS"), "{out}");
+    std::fs::write(daemon.path("proc/sys/vm/overcommit_memory"), "2\n").unwrap();
+    let (_, out, _) = run(daemon
+        .command("bash")
+        .env("PATH", &path)
+        .args(["-c", &script]));
+    assert!(
+        out.contains("DIE 1 check_overcommit_policy: overcommit policy drift"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_prometheus_exporter_writes_the_textfile() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let (code, _, err) = run(common::clean(
+        repo().join("contrib/prometheus/overcommit-textfile.sh"),
+    )
+    .arg(dir.path())
+    .env(
+        "PATH",
+        format!("{ctl_dir}:{}", std::env::var("PATH").unwrap_or_default()),
+    )
+    .env(
+        "OVERCOMMIT_PROC_ROOT",
+        common::fixture_proc("m512-noswap-mode2-ratio50"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(dir.path().join("overcommit.prom")).unwrap();
+    assert!(text.contains("overcommit_mode 2\n"), "{text}");
+}
