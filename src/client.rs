@@ -59,9 +59,15 @@ impl Client {
 
     /// Sends `request` and returns its result, or the daemon's error.
     pub fn call<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
-        self.writer.write_all(&request_line(request))?;
+        // A daemon that refuses the connection (too many open) replies and closes at once: the
+        // write may then fail, but its reply is still there to read.
+        let written = self.writer.write_all(&request_line(request));
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+        let read = self.reader.read_line(&mut line);
+        if line.is_empty() {
+            written?;
+        }
+        if read? == 0 {
             return Err(ClientError::BadReply(
                 "the daemon closed the connection without a reply".into(),
             ));

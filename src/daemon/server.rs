@@ -444,8 +444,10 @@ impl Server {
     }
 
     fn status(&mut self) -> Result<DaemonStatus, DaemonError> {
-        self.check_drift();
-        let kernel = self.proc_root.read_tunables()?;
+        let kernel = match self.check_drift() {
+            Some(kernel) => kernel,
+            None => self.proc_root.read_tunables()?,
+        };
         Ok(DaemonStatus {
             version: env!("CARGO_PKG_VERSION").into(),
             baseline: self.baseline_info(),
@@ -748,26 +750,20 @@ impl Server {
     }
 
     /// Notices a change made behind the daemon's back and enforces, adopts or reports it.
-    pub fn check_drift(&mut self) {
+    /// Returns the kernel's tunables when they were read and are as expected.
+    pub fn check_drift(&mut self) -> Option<Tunables> {
         let kernel = match self.proc_root.read_tunables() {
             Ok(kernel) => kernel,
             Err(e) => {
                 error!("drift check: {e}");
-                return;
+                return None;
             }
         };
+        // `with_policy` changes only mode, ratio and kbytes: equal means those are as expected.
         let expected = kernel.with_policy(&self.effective);
-        if (
-            kernel.overcommit_memory,
-            kernel.overcommit_ratio,
-            kernel.overcommit_kbytes,
-        ) == (
-            expected.overcommit_memory,
-            expected.overcommit_ratio,
-            expected.overcommit_kbytes,
-        ) {
+        if kernel == expected {
             self.warned_drift = None;
-            return;
+            return Some(kernel);
         }
         let found = KernelPolicy::from(&kernel);
         let wanted = KernelPolicy::from(&expected);
@@ -804,6 +800,7 @@ impl Server {
                 }
             },
         }
+        None
     }
 
     /// The next time [`Server::on_time`] must run (CLOCK_BOOTTIME).

@@ -115,11 +115,19 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<std::process::Child>,
     pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Writes `config` (and `profiles` into profiles.d), copies the fixture, starts the daemon.
     pub fn start(fixture: &str, config: &str, profiles: &[(&str, &str)]) -> Daemon {
+        let mut daemon = Daemon::prepare(fixture, config, profiles);
+        daemon.spawn();
+        daemon
+    }
+
+    /// Like [`Daemon::start`], without starting it.
+    pub fn prepare(fixture: &str, config: &str, profiles: &[(&str, &str)]) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let dir = proc_copy(fixture);
         // Other users must reach the socket: the directory is traversable by all.
@@ -129,13 +137,12 @@ impl Daemon {
         for (name, text) in profiles {
             fs::write(dir.path().join("etc/profiles.d").join(name), text).unwrap();
         }
-        let mut daemon = Daemon {
+        Daemon {
             dir,
             child: None,
             args: Vec::new(),
-        };
-        daemon.spawn();
-        daemon
+            envs: Vec::new(),
+        }
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -164,6 +171,7 @@ impl Daemon {
             .arg(self.path("proc"))
             .args(["--log", "stderr", "--verbose"])
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -172,10 +180,19 @@ impl Daemon {
         self.wait_ready();
     }
 
+    /// Ready means answering: the socket is bound before the daemon has applied its baseline.
     fn wait_ready(&mut self) {
+        use std::io::{BufRead, BufReader, Write};
         for _ in 0..500 {
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
-                return;
+            if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(self.socket()) {
+                let mut line = String::new();
+                let answered = stream.write_all(b"{\"v\":1,\"op\":\"leases\"}\n").is_ok()
+                    && BufReader::new(stream)
+                        .read_line(&mut line)
+                        .is_ok_and(|n| n > 0);
+                if answered {
+                    return;
+                }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("overcommitd exited with {status}:\n{}", self.log());
