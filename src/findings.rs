@@ -236,36 +236,12 @@ pub fn boot_findings(node: &Node, boot: &BootConfig) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{KernelVersion, Memory, Tunables};
+    use crate::model::KernelVersion;
 
     const GIB: u64 = 1 << 30;
 
     fn node(mode: Mode, ratio: i64, swap: u64, committed: u64) -> Node {
-        let tunables = Tunables {
-            overcommit_memory: mode,
-            overcommit_ratio: ratio,
-            overcommit_kbytes: 0,
-            admin_reserve_kbytes: 8192,
-            user_reserve_kbytes: 131072,
-            max_map_count: 65530,
-            swappiness: 60,
-            nr_hugepages: 0,
-        };
-        let memory = Memory {
-            mem_total: 16 * GIB,
-            swap_total: swap,
-            committed_as: committed,
-            ..Memory::default()
-        };
-        let mut node = Node {
-            tunables,
-            memory,
-            kernel: KernelVersion::parse("6.1.0"),
-            nr_cpus: 2,
-            page_size: 4096,
-        };
-        node.memory.commit_limit = node.page_bytes(node.computed_commit_limit_pages());
-        node
+        crate::model::testing::node(16 * GIB, swap, mode, ratio, 0, committed)
     }
 
     fn codes(findings: &[Finding]) -> Vec<&'static str> {

@@ -207,16 +207,7 @@ mod tests {
         State {
             version: JOURNAL_VERSION,
             boot_id: "b".into(),
-            original: Tunables {
-                overcommit_memory: Mode::Heuristic,
-                overcommit_ratio: 50,
-                overcommit_kbytes: 0,
-                admin_reserve_kbytes: 8192,
-                user_reserve_kbytes: 131072,
-                max_map_count: 65530,
-                swappiness: 60,
-                nr_hugepages: 0,
-            },
+            original: crate::model::testing::tunables(Mode::Heuristic, 50, 0),
             admin_baseline: None,
             leases: vec![],
             effective: Policy {

@@ -70,31 +70,10 @@ pub fn effective_policy<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{KernelVersion, Limit, Memory, Tunables};
+    use crate::model::Limit;
 
     fn node() -> Node {
-        let tunables = Tunables {
-            overcommit_memory: Mode::Heuristic,
-            overcommit_ratio: 50,
-            overcommit_kbytes: 0,
-            admin_reserve_kbytes: 8192,
-            user_reserve_kbytes: 131072,
-            max_map_count: 65530,
-            swappiness: 60,
-            nr_hugepages: 0,
-        };
-        let memory = Memory {
-            mem_total: 16 << 30,
-            swap_total: 1 << 30,
-            ..Memory::default()
-        };
-        Node {
-            tunables,
-            memory,
-            kernel: KernelVersion::parse("6.1"),
-            nr_cpus: 2,
-            page_size: 4096,
-        }
+        crate::model::testing::node(16 << 30, 1 << 30, Mode::Heuristic, 50, 0, 0)
     }
 
     fn p(mode: Mode, limit: Limit) -> Policy {

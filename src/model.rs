@@ -538,12 +538,14 @@ impl Knob {
     }
 }
 
+/// Nodes and tunables for the tests of the pure modules.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    pub(crate) fn node(mem_gib: u64, swap_gib: u64, mode: Mode, ratio: i64, kbytes: u64) -> Node {
-        let tunables = Tunables {
+    /// Kernel-default reserves and limits with the given policy knobs.
+    pub fn tunables(mode: Mode, ratio: i64, kbytes: u64) -> Tunables {
+        Tunables {
             overcommit_memory: mode,
             overcommit_ratio: ratio,
             overcommit_kbytes: kbytes,
@@ -552,20 +554,38 @@ mod tests {
             max_map_count: 65530,
             swappiness: 60,
             nr_hugepages: 0,
-        };
+        }
+    }
+
+    /// A 2-CPU v6.1 node with `mem` bytes of RAM and `swap` of swap, `committed` bytes
+    /// committed, and CommitLimit as the kernel would report it.
+    pub fn node(mem: u64, swap: u64, mode: Mode, ratio: i64, kbytes: u64, committed: u64) -> Node {
         let memory = Memory {
-            mem_total: mem_gib << 30,
-            swap_total: swap_gib << 30,
+            mem_total: mem,
+            swap_total: swap,
+            committed_as: committed,
             ..Memory::default()
         };
         let mut node = Node {
-            tunables,
+            tunables: tunables(mode, ratio, kbytes),
             memory,
             kernel: KernelVersion::parse("6.1.0"),
-            nr_cpus: 4,
+            nr_cpus: 2,
             page_size: 4096,
         };
         node.memory.commit_limit = node.page_bytes(node.computed_commit_limit_pages());
+        node
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node of `mem_gib` GiB RAM and `swap_gib` GiB swap, 4 CPUs.
+    fn node(mem_gib: u64, swap_gib: u64, mode: Mode, ratio: i64, kbytes: u64) -> Node {
+        let mut node = testing::node(mem_gib << 30, swap_gib << 30, mode, ratio, kbytes, 0);
+        node.nr_cpus = 4;
         node
     }
 

@@ -422,38 +422,10 @@ pub fn remedy_policy(node: &Node, remedy: &Remedy) -> Option<Policy> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Memory, Tunables};
+    use crate::model::testing::node;
     use proptest::prelude::*;
 
     const GIB: u64 = 1 << 30;
-
-    fn node(mem: u64, swap: u64, mode: Mode, ratio: i64, kbytes: u64, committed: u64) -> Node {
-        let tunables = Tunables {
-            overcommit_memory: mode,
-            overcommit_ratio: ratio,
-            overcommit_kbytes: kbytes,
-            admin_reserve_kbytes: 8192,
-            user_reserve_kbytes: 131072,
-            max_map_count: 65530,
-            swappiness: 60,
-            nr_hugepages: 0,
-        };
-        let memory = Memory {
-            mem_total: mem,
-            swap_total: swap,
-            committed_as: committed,
-            ..Memory::default()
-        };
-        let mut node = Node {
-            tunables,
-            memory,
-            kernel: KernelVersion::parse("6.1.0"),
-            nr_cpus: 2,
-            page_size: 4096,
-        };
-        node.memory.commit_limit = node.page_bytes(node.computed_commit_limit_pages());
-        node
-    }
 
     fn user(vm_size: u64) -> Process {
         Process {

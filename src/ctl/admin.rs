@@ -44,24 +44,17 @@ pub fn set(globals: &Globals, policy: PolicyRequest, force: bool) -> Result<u8, 
         policy: policy.clone(),
         force,
     };
-    match client::call::<BaselineChanged>(&globals.socket, &request) {
-        Ok(changed) => report_change(globals, &changed),
-        Err(ClientError::Unreachable { .. }) if nix::unistd::geteuid().is_root() => {
-            let kernel = globals.proc_root().read_tunables()?;
-            let limit =
-                Limit::from_options(policy.ratio, policy.kbytes)?.unwrap_or(current_limit(&kernel));
-            write_directly(
-                globals,
-                &Policy {
-                    mode: policy.mode,
-                    limit,
-                },
-                None,
-                force,
-            )
-        }
-        Err(e) => Err(e.into()),
-    }
+    change_baseline(globals, &request, force, |kernel| {
+        let limit =
+            Limit::from_options(policy.ratio, policy.kbytes)?.unwrap_or(current_limit(kernel));
+        Ok((
+            Policy {
+                mode: policy.mode,
+                limit,
+            },
+            None,
+        ))
+    })
 }
 
 /// `apply PROFILE [--force]`.
@@ -70,14 +63,27 @@ pub fn apply(globals: &Globals, name: &str, force: bool) -> Result<u8, CtlError>
         profile: name.to_string(),
         force,
     };
-    match client::call::<BaselineChanged>(&globals.socket, &request) {
+    change_baseline(globals, &request, force, |kernel| {
+        let config = load_config(globals)?;
+        let profile = find_profile(&config, name)?;
+        Ok((profile.policy(current_limit(kernel)), profile.swappiness))
+    })
+}
+
+/// Asks the daemon to change the baseline; without a daemon, root writes the policy that
+/// `direct` gives (policy and swappiness, from the kernel's current values) itself.
+fn change_baseline(
+    globals: &Globals,
+    request: &Request,
+    force: bool,
+    direct: impl FnOnce(&Tunables) -> Result<(Policy, Option<u64>), CtlError>,
+) -> Result<u8, CtlError> {
+    match client::call::<BaselineChanged>(&globals.socket, request) {
         Ok(changed) => report_change(globals, &changed),
         Err(ClientError::Unreachable { .. }) if nix::unistd::geteuid().is_root() => {
-            let config = load_config(globals)?;
-            let profile = find_profile(&config, name)?;
             let kernel = globals.proc_root().read_tunables()?;
-            let policy = profile.policy(current_limit(&kernel));
-            write_directly(globals, &policy, profile.swappiness, force)
+            let (policy, swappiness) = direct(&kernel)?;
+            write_directly(globals, &policy, swappiness, force)
         }
         Err(e) => Err(e.into()),
     }

@@ -64,6 +64,14 @@ pub trait Source {
 
 const TIMER: u64 = u64::MAX;
 
+/// What the sources of one round asked of the loop.
+#[derive(Default)]
+struct Requests {
+    spawn: Vec<Box<dyn Source>>,
+    stop: bool,
+    evict_idlest: bool,
+}
+
 struct Slot {
     source: Box<dyn Source>,
     interest: EpollFlags,
@@ -146,55 +154,84 @@ impl EventLoop {
                     return;
                 }
             };
-            let mut spawn = Vec::new();
-            let mut stop = false;
+            let mut requests = Requests::default();
             let mut timer_fired = false;
-            let mut evict = false;
             for event in &events[..count] {
-                let token = event.data();
-                if token == TIMER {
+                if event.data() == TIMER {
                     timer_fired = true;
                     // Drain the expiration count; EAGAIN just means it was already read.
                     let _ = self.timer.wait();
                     continue;
                 }
-                let clients = self.clients;
-                let Some(slot) = self.slots.get_mut(&token) else {
-                    continue;
-                };
-                let mut cx = Context {
+                let flags = event.events();
+                self.dispatch(
+                    event.data(),
                     server,
-                    spawn: Vec::new(),
-                    stop: false,
-                    clients_by_uid: &self.clients_by_uid,
-                    clients,
-                    max_clients: self.max_clients,
-                    evict_idlest: false,
-                    now: boottime(),
-                };
-                let keep = slot.source.ready(event.events(), &mut cx);
-                spawn.append(&mut cx.spawn);
-                stop |= cx.stop;
-                evict |= cx.evict_idlest;
-                self.settle(token, keep);
+                    boottime(),
+                    &mut requests,
+                    |source, cx| source.ready(flags, cx),
+                );
             }
             if timer_fired {
                 // A one-shot timer that fired is disarmed: arm it again next time round.
                 self.armed = None;
-                self.expire(server, &mut spawn);
+                let now = boottime();
+                server.on_time(now);
+                let due: Vec<u64> = self
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| s.source.deadline().is_some_and(|d| d <= now))
+                    .map(|(t, _)| *t)
+                    .collect();
+                for token in due {
+                    self.dispatch(token, server, now, &mut requests, |source, cx| {
+                        source.expired(cx)
+                    });
+                }
             }
-            if evict {
+            if requests.evict_idlest {
                 self.evict_idlest();
             }
-            for source in spawn {
+            for source in requests.spawn {
                 self.add(source);
             }
             self.drop_orphaned_holders(server);
             server.clients = self.clients;
-            if stop {
+            if requests.stop {
                 return;
             }
         }
+    }
+
+    /// Runs `call` on the source of `token` with a fresh context, keeps or drops the source,
+    /// and collects what it asked of the loop.
+    fn dispatch(
+        &mut self,
+        token: u64,
+        server: &mut Server,
+        now: Duration,
+        requests: &mut Requests,
+        call: impl FnOnce(&mut dyn Source, &mut Context<'_>) -> Keep,
+    ) {
+        let clients = self.clients;
+        let Some(slot) = self.slots.get_mut(&token) else {
+            return;
+        };
+        let mut cx = Context {
+            server,
+            spawn: Vec::new(),
+            stop: false,
+            clients_by_uid: &self.clients_by_uid,
+            clients,
+            max_clients: self.max_clients,
+            evict_idlest: false,
+            now,
+        };
+        let keep = call(slot.source.as_mut(), &mut cx);
+        requests.spawn.append(&mut cx.spawn);
+        requests.stop |= cx.stop;
+        requests.evict_idlest |= cx.evict_idlest;
+        self.settle(token, keep);
     }
 
     /// Keeps or removes a source after it ran, and updates its interest.
@@ -214,36 +251,6 @@ impl EventLoop {
                     debug!("cannot change the events of a source: {e}");
                 }
             }
-        }
-    }
-
-    fn expire(&mut self, server: &mut Server, spawn: &mut Vec<Box<dyn Source>>) {
-        let now = boottime();
-        server.on_time(now);
-        let due: Vec<u64> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.source.deadline().is_some_and(|d| d <= now))
-            .map(|(t, _)| *t)
-            .collect();
-        for token in due {
-            let clients = self.clients;
-            let Some(slot) = self.slots.get_mut(&token) else {
-                continue;
-            };
-            let mut cx = Context {
-                server,
-                spawn: Vec::new(),
-                stop: false,
-                clients_by_uid: &self.clients_by_uid,
-                clients,
-                max_clients: self.max_clients,
-                evict_idlest: false,
-                now,
-            };
-            let keep = slot.source.expired(&mut cx);
-            spawn.append(&mut cx.spawn);
-            self.settle(token, keep);
         }
     }
 
