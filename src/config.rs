@@ -693,4 +693,15 @@ max_leases = 4
             "{e}"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_text_is_a_located_error_or_a_config(text in "[\\[\\]a-z_=\" 0-9.\n-]{0,200}") {
+            let (_dir, result) = load(&text, &[]);
+            if let Err(e) = result {
+                proptest::prop_assert!(!e.message.is_empty());
+            }
+        }
+    }
 }

@@ -404,4 +404,20 @@ mod tests {
         assert!(back.ok);
         assert_eq!(back.result.unwrap()["effective"]["limit"]["ratio"], 50);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_get_a_reply_not_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            // Either a request or an error reply with a code.
+            if let Err(reply) = parse_request(&bytes) {
+                proptest::prop_assert!(!reply.ok && reply.error.is_some());
+            }
+        }
+
+        #[test]
+        fn json_objects_with_random_fields_never_panic(op in "[a-z_]{0,10}", v in 0u32..3, extra in "[ -~]{0,40}") {
+            let line = format!("{{\"v\":{v},\"op\":\"{op}\",\"x\":{:?}}}", extra);
+            let _ = parse_request(line.as_bytes());
+        }
+    }
 }

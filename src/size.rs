@@ -223,4 +223,17 @@ mod tests {
         assert_eq!(Grouped(1000).to_string(), "1,000");
         assert_eq!(Grouped(352_800_000_000).to_string(), "352,800,000,000");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_errors_without_panic(text in "\\PC{0,24}") {
+            let _ = parse_size(&text);
+        }
+
+        #[test]
+        fn whole_numbers_with_binary_units_are_exact(n in 0u64..(1 << 20), unit in 0usize..5) {
+            let suffix = ["", "K", "M", "G", "T"][unit];
+            proptest::prop_assert_eq!(parse_size(&format!("{n}{suffix}")), Ok(n << (10 * unit)));
+        }
+    }
 }

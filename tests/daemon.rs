@@ -138,6 +138,13 @@ fn lease_and_release_by_id_and_by_tag() {
     let leases = json(&out);
     assert_eq!(leases["leases"][0]["id"], id.as_str());
     assert_eq!(leases["leases"][0]["tag"], "slurm-42");
+    let (_, out, _) = run(daemon.ctl().args(["status", "--json"]));
+    let status = json(&out);
+    assert_eq!(
+        status["daemon"]["leases"], 1,
+        "status shows the daemon's view"
+    );
+    assert_eq!(status["daemon"]["effective"]["mode"], "always");
     let (code, _, _) = run(daemon.ctl().args(["release", "--tag", "slurm-42"]));
     assert_eq!(code, 0);
     assert_eq!(daemon.mode(), "0");

@@ -99,10 +99,8 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
     let json = globals.json;
     match cli.command {
         CtlCommand::Status(args) => {
-            let report = StatusReport::gather(
-                &globals.proc_root(),
-                &SysctlSources::under(&globals.sysctl_root),
-            )?;
+            let sysctl = SysctlSources::under(&globals.sysctl_root);
+            let report = StatusReport::gather(&globals.proc_root(), &sysctl, &globals.socket)?;
             let format = if json {
                 StatusFormat::Json
             } else {
@@ -144,15 +142,20 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), CtlError> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    quiet_on_closed_pipe(std::io::stdout().lock().write_all(text.as_bytes()))
 }
 
 fn print_text(text: &str) -> Result<(), CtlError> {
     let mut out = anstream::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
+    quiet_on_closed_pipe(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
+}
+
+/// `overcommitctl status | head` is not an error.
+fn quiet_on_closed_pipe(result: std::io::Result<()>) -> Result<(), CtlError> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }

@@ -3,11 +3,15 @@
 
 use serde::Serialize;
 
+use std::path::Path;
+
+use crate::client;
 use crate::findings::{self, Finding, Severity};
 use crate::kernel::{ProcRoot, SwapDevice};
 use crate::model::{Knob, Mode, Node, RawLimit};
 use crate::output::{paint, Section, BAD, DIM, GOOD, WARN};
 use crate::predict::{self, Process, Rule};
+use crate::protocol::{DaemonStatus, Request};
 use crate::size::HumanBytes;
 use crate::sysctl_d::{BootConfig, SysctlSources};
 
@@ -43,6 +47,9 @@ pub struct StatusReport {
     pub largest_allocation: Largest,
     pub boot: BootConfig,
     pub findings: Vec<Finding>,
+    /// overcommitd's view (baseline, effective policy, leases), `None` when it is not running.
+    pub daemon: Option<DaemonStatus>,
+    pub socket: String,
 }
 
 /// The largest single allocation that would succeed now (user reserve counted in full).
@@ -55,7 +62,13 @@ pub struct Largest {
 }
 
 impl StatusReport {
-    pub fn gather(proc_root: &ProcRoot, sysctl: &SysctlSources) -> Result<StatusReport, CtlError> {
+    pub fn gather(
+        proc_root: &ProcRoot,
+        sysctl: &SysctlSources,
+        socket: &Path,
+    ) -> Result<StatusReport, CtlError> {
+        // Asked first: the daemon looks for drift (and may enforce) before it answers.
+        let daemon = client::call::<DaemonStatus>(socket, &Request::Status).ok();
         let node = proc_root.node()?;
         let swaps = proc_root.read_swaps()?;
         let release = proc_root.read_release()?;
@@ -70,14 +83,10 @@ impl StatusReport {
         let mut report_findings = findings::assess(&node);
         report_findings.extend(findings::boot_findings(&node, &boot));
         report_findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
-        Ok(StatusReport::new(
-            &node,
-            proc_root,
-            release,
-            swaps,
-            boot,
-            report_findings,
-        ))
+        let mut report = StatusReport::new(&node, proc_root, release, swaps, boot, report_findings);
+        report.daemon = daemon;
+        report.socket = socket.display().to_string();
+        Ok(report)
     }
 
     fn new(
@@ -134,6 +143,8 @@ impl StatusReport {
             },
             boot,
             findings,
+            daemon: None,
+            socket: String::new(),
         }
     }
 
@@ -259,6 +270,21 @@ impl StatusReport {
             _ => "0: the ratio is in force",
         };
         policy.row("kbytes", self.overcommit_kbytes, kbytes_note);
+        match &self.daemon {
+            Some(d) => policy.row(
+                "overcommitd",
+                paint(GOOD, "running"),
+                format!(
+                    "baseline {} ({}), {} lease(s), effective {}",
+                    d.baseline.name, d.baseline.source, d.leases, d.effective
+                ),
+            ),
+            None => policy.row(
+                "overcommitd",
+                "not running",
+                format!("no answer on {}", self.socket),
+            ),
+        };
         out.push_str(&policy.to_string());
 
         let mut commit = Section::new("Commit accounting");
