@@ -66,7 +66,7 @@ fn rss_kib(pid: i32) -> u64 {
 
 fn main() {
     let daemon = common::Daemon::start("m1024-swap512-mode0", CONFIG, &[]);
-    println!("overcommitd round trips over its Unix socket (debug-free release build of the bench, daemon as built by cargo):");
+    println!("overcommitd (release build) round trips over its Unix socket, fake proc root in a temp dir:");
 
     let mut conn = Connection::open(&daemon);
     for _ in 0..200 {

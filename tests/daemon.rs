@@ -734,27 +734,40 @@ fn it_tells_systemd_it_is_ready_its_status_and_pings_the_watchdog() {
     daemon.envs.push(("WATCHDOG_USEC".into(), "200000".into()));
     daemon.spawn();
     daemon.envs.clear();
-    let mut buffer = [0u8; 4096];
-    let mut messages = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        let n = notify.recv(&mut buffer).unwrap();
-        let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
-        let watchdog = message.contains("WATCHDOG=1");
-        messages.push(message);
-        if watchdog {
-            break;
+    // Reads messages until one contains `want`; all of them, joined.
+    let mut seen = String::new();
+    let mut wait_for = |want: &str| {
+        let start = Instant::now();
+        let mut buffer = [0u8; 4096];
+        while start.elapsed() < Duration::from_secs(3) {
+            let n = notify.recv(&mut buffer).unwrap();
+            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            seen.push_str(&message);
+            seen.push('\n');
+            if message.contains(want) {
+                return seen.clone();
+            }
         }
-    }
-    let all = messages.join("\n");
-    assert!(all.contains("READY=1"), "{all}");
-    assert!(all.contains("STATUS=effective heuristic (0)"), "{all}");
+        panic!("no {want} among:\n{seen}");
+    };
+    let all = wait_for("READY=1");
     assert!(
-        all.contains("WATCHDOG=1"),
-        "a ping within half the watchdog interval: {all}"
+        all.contains("STATUS=effective heuristic (0), ratio 50%; baseline default; 0 lease(s)"),
+        "{all}"
     );
+    wait_for("WATCHDOG=1");
+    // STATUS= follows every change.
+    assert_eq!(
+        run(daemon
+            .ctl()
+            .args(["lease", "--ttl", "1h", "--mode", "always"]))
+        .0,
+        0
+    );
+    wait_for("STATUS=effective always (1), ratio 50%; baseline default; 1 lease(s)");
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait(), Some(0));
+    wait_for("STOPPING=1");
 }
 
 #[test]

@@ -376,6 +376,8 @@ impl Server {
             KernelPolicy::from(&after),
             self.leases.len()
         );
+        // systemctl status shows the policy in force and the lease count.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status_line())]);
         Ok((before, after))
     }
 
