@@ -6,12 +6,19 @@
 //! kernel's answer with the project's prediction.
 //!
 //! ```text
-//! probe alloc [--uid U --gid G] BYTES...    one mmap per size, one PROBE line each
+//! probe alloc [--uid U --gid G] [--pad BYTES] BYTES...
+//!                                            one mmap per size, one PROBE line each
 //! probe hold BYTES                           map BYTES (untouched) and wait to be killed
+//! probe waitfor [--kill PID] FILE VALUE MS   until FILE holds VALUE (at most MS ms), timed
 //! probe runas UID GID [--groups G1,G2,...] -- CMD ARGS...
 //! ```
 //!
 //! `runas` exists because busybox `setpriv` has no `--reuid`.
+//!
+//! `--pad BYTES` first maps BYTES (charged, never touched) and keeps them for the whole run, so
+//! the probe's own commit charge can be made equal to another program's: a test that asks
+//! `overcommitctl check` about a size and then lets the probe allocate it wants both to see
+//! the same Committed_AS (see tests/vm/predictor.rs). The pad counts in the reported VmSize.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -21,8 +28,9 @@ use std::process::exit;
 use nix::unistd::{self, Gid, Uid};
 
 const USAGE: &str = "usage:
-  probe alloc [--uid U --gid G] BYTES...
+  probe alloc [--uid U --gid G] [--pad BYTES] BYTES...
   probe hold BYTES
+  probe waitfor [--kill PID] FILE VALUE TIMEOUT_MS
   probe runas UID GID [--groups G1,G2,...] -- CMD ARGS...";
 
 fn main() {
@@ -34,6 +42,7 @@ fn main() {
     match cmd {
         "alloc" => alloc(rest),
         "hold" => hold(rest),
+        "waitfor" => waitfor(rest),
         "runas" => runas(rest),
         "-h" | "--help" => {
             println!("{USAGE}");
@@ -61,10 +70,11 @@ fn parse_num<T: std::str::FromStr>(what: &str, s: &str) -> T {
     }
 }
 
-/// `probe alloc [--uid U --gid G] BYTES...`
+/// `probe alloc [--uid U --gid G] [--pad BYTES] BYTES...`
 fn alloc(args: &[String]) {
     let mut uid: Option<u32> = None;
     let mut gid: Option<u32> = None;
+    let mut pad: usize = 0;
     let mut sizes: Vec<usize> = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -81,6 +91,12 @@ fn alloc(args: &[String]) {
                     .unwrap_or_else(|| usage_error("--gid needs a value"));
                 gid = Some(parse_num("--gid", v));
             }
+            "--pad" => {
+                let v = it
+                    .next()
+                    .unwrap_or_else(|| usage_error("--pad needs a value"));
+                pad = parse_num("--pad", v);
+            }
             s => sizes.push(parse_num("BYTES", s)),
         }
     }
@@ -91,6 +107,15 @@ fn alloc(args: &[String]) {
         (Some(uid), Some(gid)) => drop_privileges(uid, gid, &[]),
         (None, None) => {}
         _ => usage_error("--uid and --gid go together"),
+    }
+    // After the privilege drop, which allocates; kept mapped until the process exits.
+    if pad > 0 {
+        if let Err(errno) = map_anonymous(pad) {
+            fail(&format!(
+                "--pad: mmap of {pad} bytes failed: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ));
+        }
     }
 
     let uid = unistd::getuid().as_raw();
@@ -131,6 +156,46 @@ fn hold(args: &[String]) {
     loop {
         unistd::pause();
     }
+}
+
+/// `probe waitfor [--kill PID] FILE VALUE TIMEOUT_MS`: polls FILE (every millisecond) until
+/// its trimmed contents are VALUE, and prints how long that took, from the SIGKILL sent to
+/// PID when `--kill` is given (so the time covers only what follows the kill), else from
+/// the start. Exit 0 when VALUE was seen, 1 on timeout. A shell loop of `cat` and `sleep`
+/// would measure the cost of its own forks under an emulated CPU.
+fn waitfor(args: &[String]) {
+    let (kill, rest) = match args {
+        [flag, pid, rest @ ..] if flag == "--kill" => (Some(parse_num::<i32>("PID", pid)), rest),
+        _ => (None, args),
+    };
+    let (path, value, timeout_ms) = match rest {
+        [path, value, ms] => (path, value, parse_num::<u64>("TIMEOUT_MS", ms)),
+        _ => usage_error("waitfor takes [--kill PID] FILE VALUE TIMEOUT_MS"),
+    };
+    let started = std::time::Instant::now();
+    if let Some(pid) = kill {
+        let pid = unistd::Pid::from_raw(pid);
+        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+            fail(&format!("kill -9 {pid}: {e}"));
+        }
+    }
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    let last = loop {
+        let seen = std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("<{e}>"));
+        if seen == *value || started.elapsed() >= timeout {
+            break seen;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    let ok = last == *value;
+    println!(
+        "WAITFOR file={path} value={value} seen={last} ms={} result={}",
+        started.elapsed().as_millis(),
+        if ok { "OK" } else { "TIMEOUT" }
+    );
+    exit(if ok { 0 } else { 1 });
 }
 
 /// `probe runas UID GID [--groups G1,G2,...] -- CMD ARGS...`

@@ -388,6 +388,8 @@ pub struct ProcessInfo {
     pub rlimit_as: Option<u64>,
     pub rlimit_data: Option<u64>,
     pub map_count: u64,
+    /// The largest hole between its mappings, below TASK_SIZE and above mmap_min_addr.
+    pub largest_gap: u64,
     /// Clock ticks after boot at which the process started; with the pid, its identity.
     pub start_time: u64,
     /// The tightest cgroup v2 memory.max on the way from its cgroup to the root.
@@ -410,7 +412,8 @@ pub fn process_info(pid: i32) -> Result<ProcessInfo, KernelError> {
         .map_err(|e| parse_error("limits", e))?;
     let stat = Stat::from_read(read_file(&dir.join("stat"))?.as_bytes())
         .map_err(|e| parse_error("stat", e))?;
-    let map_count = read_file(&dir.join("maps"))?.lines().count() as u64;
+    let maps = read_file(&dir.join("maps"))?;
+    let map_count = maps.lines().count() as u64;
     let soft = |value: &LimitValue| match value {
         LimitValue::Unlimited => None,
         LimitValue::Value(v) => Some(*v),
@@ -425,9 +428,35 @@ pub fn process_info(pid: i32) -> Result<ProcessInfo, KernelError> {
         rlimit_as: soft(&limits.max_address_space.soft_limit),
         rlimit_data: soft(&limits.max_data_size.soft_limit),
         map_count,
+        largest_gap: largest_gap(&maps),
         start_time: stat.starttime,
         memory_max: cgroup_memory_max(pid),
     })
+}
+
+/// The largest hole between the mappings of a /proc/PID/maps listing, from mmap_min_addr
+/// (64 KiB) up to the last mapping of user space (the kernel's [vsyscall] page is not one).
+fn largest_gap(maps: &str) -> u64 {
+    const MMAP_MIN_ADDR: u64 = 65536;
+    let mut ranges: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|line| {
+            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .filter(|&(start, _)| start < (1 << 63))
+        .collect();
+    ranges.sort_unstable();
+    let mut previous_end = MMAP_MIN_ADDR;
+    let mut largest = 0;
+    for (start, end) in ranges {
+        largest = largest.max(start.saturating_sub(previous_end));
+        previous_end = previous_end.max(end);
+    }
+    largest
 }
 
 /// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat).
@@ -503,6 +532,23 @@ mod tests {
         assert_eq!(unescape_octal("a\\011b"), "a\tb");
         assert_eq!(unescape_octal("a\\9b"), "a\\9b");
         assert_eq!(unescape_octal("end\\"), "end\\");
+    }
+
+    #[test]
+    fn the_largest_gap_is_found_between_mappings() {
+        let maps = "\
+555555554000-555555556000 r-xp 00000000 08:01 1 /usr/bin/python3
+555555556000-555555600000 rw-p 00000000 00:00 0 [heap]
+7ffff7dd0000-7ffff7ff0000 r-xp 00000000 08:01 2 /usr/lib/libc.so.6
+7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
+";
+        // Below the program (85.3 TiB) beats between the heap and libc (42.7 TiB).
+        assert_eq!(largest_gap(maps), 0x555555554000 - 65536);
+        assert_eq!(
+            largest_gap("1000000-2000000 r-xp 0 0:0 0\n"),
+            0x1000000 - 65536
+        );
     }
 
     #[test]

@@ -190,7 +190,12 @@ fn a_lease_ends_when_its_ttl_passes() {
             && lived < Duration::from_secs(1) + granted + Duration::from_millis(1500),
         "{lived:?} (granted after {granted:?})"
     );
-    assert!(daemon.log().contains("op=expire"));
+    // The audit line follows the write by a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !daemon.log().contains("op=expire") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(daemon.log().contains("op=expire"), "{}", daemon.log());
 }
 
 #[test]

@@ -81,6 +81,7 @@ impl CheckReport {
                 rlimit_data: info.rlimit_data,
                 map_count: Some(info.map_count),
                 memory_max: info.memory_max,
+                largest_gap: Some(info.largest_gap),
             };
         }
         if args.user {

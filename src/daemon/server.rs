@@ -210,6 +210,9 @@ impl Server {
             }
             Err(e) => return Err(e.into()),
         };
+        // Lease ids need the kernel's random pool. Early in boot it may not be ready yet: wait
+        // for it here, before READY, so that no later draw can stall the event loop.
+        new_lease_id().map_err(DaemonError::Random)?;
         let proc_root = ProcRoot::new(&options.proc_root);
         let kernel_now = proc_root.read_tunables()?;
         let boot_id = peer::boot_id();

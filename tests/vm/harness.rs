@@ -21,6 +21,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,8 +29,43 @@ use std::time::{Duration, Instant};
 /// Marker the epilogue prints once the scenario body has run; followed by `rc=<status>`.
 const DONE_MARKER: &str = "OVERCOMMIT-VM-DONE";
 
+/// Markers of `block TAG CMD...` in the guest (see [`Console::blocks`]).
+const BLOCK_BEGIN: &str = "@@BEGIN ";
+const BLOCK_END: &str = "@@END ";
+
+/// Guests booted by this test process (whatever their outcome), for the suite's summary.
+static BOOTS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Guests booted on this thread: a test's own count, whichever threads libtest uses.
+    static THREAD_BOOTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many guests this test process has booted so far.
+pub fn boots() -> usize {
+    BOOTS.load(Ordering::SeqCst)
+}
+
+/// How many guests this thread has booted so far.
+pub fn boots_on_this_thread() -> usize {
+    THREAD_BOOTS.with(|n| n.get())
+}
+
+/// Counts one guest boot for the suite's summary. [`Vm::run`] calls it; a test that starts
+/// qemu by other means calls it right before.
+pub fn record_boot() {
+    BOOTS.fetch_add(1, Ordering::SeqCst);
+    THREAD_BOOTS.with(|n| n.set(n.get() + 1));
+}
+
 /// The virtio modules in dependency order (Debian ships no modules.dep in the package, and
 /// busybox insmod does not resolve dependencies). Some kernels build a few of them in.
+///
+/// virtio-rng feeds the guest's CRNG from the host, as on a cloud VM (real hardware has
+/// RDRAND). Without it the emulated CPU offers no entropy source and the CRNG stays
+/// uninitialised until something calls getrandom(2) blocking: a program that only polls
+/// /dev/random (the `getrandom` crate does, in a static glibc build, where its dlsym of
+/// getrandom finds nothing) would wait forever.
 const VIRTIO_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
@@ -37,6 +73,7 @@ const VIRTIO_MODULES: &[&str] = &[
     "virtio_pci_legacy_dev",
     "virtio_pci",
     "virtio_blk",
+    "virtio-rng",
 ];
 
 /// The unprivileged users the scenarios use: alice (1000) in group hpc (1000), bob (1001)
@@ -260,6 +297,8 @@ pub struct Vm {
     memory_mib: u64,
     cpus: u32,
     swap_mib: Option<u64>,
+    /// Whether /init runs `swapon` on the swap disk (else only `mkswap`).
+    swapon_at_boot: bool,
     hugepages: Option<u32>,
     cmdline: Vec<String>,
     timeout: Duration,
@@ -280,6 +319,7 @@ impl Vm {
             memory_mib: 512,
             cpus: 1,
             swap_mib: None,
+            swapon_at_boot: true,
             hugepages: None,
             cmdline: Vec::new(),
             timeout: Duration::from_secs(120),
@@ -300,6 +340,15 @@ impl Vm {
     /// A swap disk of this size (sparse raw image on /dev/vda, mkswap + swapon in /init).
     pub fn swap_mib(mut self, mib: u64) -> Self {
         self.swap_mib = Some(mib);
+        self.swapon_at_boot = true;
+        self
+    }
+
+    /// A swap disk of this size, formatted (mkswap) but not in use: the scenario turns it on
+    /// with `swapon /dev/vda` when it wants to see swap appear.
+    pub fn swap_disk_mib(mut self, mib: u64) -> Self {
+        self.swap_mib = Some(mib);
+        self.swapon_at_boot = false;
         self
     }
 
@@ -355,7 +404,8 @@ impl Vm {
             format!("-smp {}", self.cpus),
         ];
         parts.push(match self.swap_mib {
-            Some(mib) => format!("swap disk {mib} MiB"),
+            Some(mib) if self.swapon_at_boot => format!("swap disk {mib} MiB"),
+            Some(mib) => format!("swap disk {mib} MiB (off at boot)"),
             None => "no swap".to_string(),
         });
         parts.push(match self.hugepages {
@@ -381,58 +431,36 @@ impl Vm {
         let initrd = work.path().join("initrd.gz");
         self.build_initramfs(host, bins, &work.path().join("root"), &initrd, body);
 
-        let mut cmd = Command::new(&host.qemu);
-        if host.kvm {
-            cmd.args(["-accel", "kvm", "-cpu", "host"]);
-        } else {
-            cmd.args(["-accel", "tcg"]);
-        }
-        cmd.arg("-m")
-            .arg(self.memory_mib.to_string())
-            .arg("-smp")
-            .arg(self.cpus.to_string())
-            .arg("-kernel")
-            .arg(&host.kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .arg("-append")
-            .arg(self.kernel_cmdline())
-            .args(["-nographic", "-no-reboot", "-nic", "none"]);
+        let mut extra: Vec<std::ffi::OsString> = vec!["-device".into(), "virtio-rng-pci".into()];
         if let Some(mib) = self.swap_mib {
             let image = work.path().join("swap.img");
             // Sparse: costs no disk space until the guest writes to it.
             fs::File::create(&image)
                 .and_then(|f| f.set_len(mib * 1024 * 1024))
                 .expect("create the swap image");
-            let mut drive = std::ffi::OsString::from("file=");
-            drive.push(&image);
-            drive.push(",if=virtio,format=raw");
-            cmd.arg("-drive").arg(drive);
+            extra.push("-drive".into());
+            extra.push(virtio_drive(&image));
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-
-        let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", host.qemu.display()));
-        let stdout = capture(child.stdout.take());
-        let stderr = capture(child.stderr.take());
-        let exit = wait_with_timeout(&mut child, self.timeout);
-        let elapsed = started.elapsed();
-        let console = normalize(&stdout.finish());
-        let qemu_stderr = String::from_utf8_lossy(&stderr.finish()).into_owned();
+        let guest = Qemu {
+            name: &self.name,
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            cmdline: &self.kernel_cmdline(),
+            extra: &extra,
+            timeout: self.timeout,
+        };
+        let QemuRun {
+            console,
+            stderr: qemu_stderr,
+            elapsed,
+            exit,
+        } = guest.boot(host, &initrd);
         eprintln!(
             "vm: {}: {} -> powered off in {:.1}s",
             self.name,
             self.describe(host),
             elapsed.as_secs_f64()
         );
-        // Debugging aid: OVERCOMMIT_VM_CONSOLE=1 shows every console, not only failing ones.
-        if std::env::var("OVERCOMMIT_VM_CONSOLE").as_deref() == Ok("1") {
-            eprintln!("--- console of {} ---\n{console}\n--- end ---", self.name);
-        }
 
         let report = |what: &str| -> ! {
             panic!(
@@ -536,16 +564,25 @@ impl Vm {
     /// still reaches the epilogue) and an epilogue that reports the body's status and
     /// powers off.
     fn init_script(&self, modules: &[&str], body: &str) -> String {
-        let swap = if self.swap_mib.is_some() {
+        let swap = match (self.swap_mib, self.swapon_at_boot) {
             // devtmpfs creates /dev/vda asynchronously once virtio_blk has probed the disk.
-            "for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
+            (Some(_), true) => {
+                "for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
 if ! { mkswap /dev/vda >/dev/null && swapon /dev/vda; }; then
     echo 'init: swap setup on /dev/vda failed'
     poweroff -f
 fi
 "
-        } else {
-            ""
+            }
+            (Some(_), false) => {
+                "for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
+if ! mkswap /dev/vda >/dev/null; then
+    echo 'init: mkswap on /dev/vda failed'
+    poweroff -f
+fi
+"
+            }
+            (None, _) => "",
         };
         format!(
             r#"#!/bin/busybox sh
@@ -571,6 +608,9 @@ chown 1000:1000 /home/alice
 chown 1001:1001 /home/bob
 # dump FILE: print FILE between markers for Console::files().
 dump() {{ echo "FILE-BEGIN $1"; cat "$1"; echo "FILE-END"; }}
+# block TAG CMD...: CMD's output between markers and its exit status, for Console::blocks().
+# No subshell, pipe or file: in mode 2 those would add to Committed_AS while CMD runs.
+block() {{ _tag=$1; shift; echo "{begin}$_tag"; "$@"; echo "{end}$_tag rc=$?"; }}
 (
 {body}
 # Not the body's last command: ash would exec that one in place of this subshell, and
@@ -585,12 +625,14 @@ exec poweroff -f
             passwd = ETC_PASSWD,
             group = ETC_GROUP,
             done = DONE_MARKER,
+            begin = BLOCK_BEGIN,
+            end = BLOCK_END,
         )
     }
 }
 
 /// name -> path of every `*.ko` under the kernel's module tree.
-fn find_modules(dir: &Path) -> BTreeMap<String, PathBuf> {
+pub fn find_modules(dir: &Path) -> BTreeMap<String, PathBuf> {
     let mut found = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -618,7 +660,7 @@ fn set_mode(path: &Path, mode: u32) {
 /// `busybox cpio -o -H newc -R 0:0 | gzip -1` over `root` (no root needed, and the host may
 /// lack a cpio binary). Names are listed parents first: the kernel's unpacker does not create
 /// missing directories.
-fn pack_cpio(busybox: &Path, root: &Path, out: &Path) {
+pub fn pack_cpio(busybox: &Path, root: &Path, out: &Path) {
     let mut names = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -664,6 +706,84 @@ fn pack_cpio(busybox: &Path, root: &Path, out: &Path) {
         cpio_status.success() && gzip_status.success(),
         "packing the initramfs failed: cpio {cpio_status}, gzip {gzip_status}"
     );
+}
+
+/// `file=PATH,if=virtio,format=raw`: a raw image as the guest's next /dev/vdX.
+pub fn virtio_drive(image: &Path) -> std::ffi::OsString {
+    let mut drive = std::ffi::OsString::from("file=");
+    drive.push(image);
+    drive.push(",if=virtio,format=raw");
+    drive
+}
+
+/// One boot of the guest kernel with an initrd: TCG (KVM when the host opts in), stdin from
+/// /dev/null, no network, `-no-reboot` (with `panic=-1` on the command line a crash ends
+/// qemu), and killed after `timeout`.
+pub struct Qemu<'a> {
+    pub name: &'a str,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub cmdline: &'a str,
+    /// Further qemu arguments (drives, devices).
+    pub extra: &'a [std::ffi::OsString],
+    pub timeout: Duration,
+}
+
+/// What a boot left: the serial console, qemu's stderr, how long it ran, and its exit
+/// (`None`: timed out and killed).
+pub struct QemuRun {
+    pub console: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+    pub exit: Option<std::process::ExitStatus>,
+}
+
+impl Qemu<'_> {
+    pub fn boot(&self, host: &Host, initrd: &Path) -> QemuRun {
+        let mut cmd = Command::new(&host.qemu);
+        if host.kvm {
+            cmd.args(["-accel", "kvm", "-cpu", "host"]);
+        } else {
+            cmd.args(["-accel", "tcg"]);
+        }
+        cmd.arg("-m")
+            .arg(self.memory_mib.to_string())
+            .arg("-smp")
+            .arg(self.cpus.to_string())
+            .arg("-kernel")
+            .arg(&host.kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(self.cmdline)
+            .args(["-nographic", "-no-reboot", "-nic", "none"])
+            .args(self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        record_boot();
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", host.qemu.display()));
+        let stdout = capture(child.stdout.take());
+        let stderr = capture(child.stderr.take());
+        let exit = wait_with_timeout(&mut child, self.timeout);
+        let run = QemuRun {
+            console: normalize(&stdout.finish()),
+            stderr: String::from_utf8_lossy(&stderr.finish()).into_owned(),
+            elapsed: started.elapsed(),
+            exit,
+        };
+        // Debugging aid: OVERCOMMIT_VM_CONSOLE=1 shows every console, not only failing ones.
+        if std::env::var("OVERCOMMIT_VM_CONSOLE").as_deref() == Ok("1") {
+            eprintln!(
+                "--- console of {} ---\n{}\n--- end ---",
+                self.name, run.console
+            );
+        }
+        run
+    }
 }
 
 /// A reader thread collecting a child's pipe, so qemu never blocks on a full pipe.
@@ -765,6 +885,54 @@ impl Console {
         files
     }
 
+    /// The output of every `block TAG CMD...` of the guest, in console order.
+    ///
+    /// The guest prints `@@BEGIN TAG`, CMD's output, then `@@END TAG rc=N`. Markers are found
+    /// anywhere on a line (kernel messages or escape codes may precede them).
+    pub fn blocks(&self) -> Vec<Block> {
+        let mut blocks = Vec::new();
+        let mut current: Option<Block> = None;
+        for line in self.text.lines() {
+            if let Some(i) = line.find(BLOCK_BEGIN) {
+                current = Some(Block {
+                    tag: line[i + BLOCK_BEGIN.len()..].trim().to_string(),
+                    text: String::new(),
+                    rc: -1,
+                });
+                continue;
+            }
+            if let Some(i) = line.find(BLOCK_END) {
+                let rest = &line[i + BLOCK_END.len()..];
+                if let Some(mut block) = current.take() {
+                    let (tag, rc) = rest.rsplit_once(" rc=").unwrap_or((rest, "-1"));
+                    if tag.trim() == block.tag {
+                        block.rc = rc.trim().parse().unwrap_or(-1);
+                        blocks.push(block);
+                    }
+                }
+                continue;
+            }
+            if let Some(block) = current.as_mut() {
+                block.text.push_str(line);
+                block.text.push('\n');
+            }
+        }
+        blocks
+    }
+
+    /// The one block tagged `tag`; panics (with the console) when there is none or several.
+    pub fn block(&self, tag: &str) -> Block {
+        let mut found: Vec<Block> = self.blocks().into_iter().filter(|b| b.tag == tag).collect();
+        if found.len() != 1 {
+            panic!(
+                "expected one block {tag:?} in the console, found {}\n--- console ---\n{}",
+                found.len(),
+                self.text
+            );
+        }
+        found.remove(0)
+    }
+
     /// The `PROBE ...` lines of `probe alloc`, in order.
     pub fn probes(&self) -> Vec<Probe> {
         self.marker_lines("PROBE ")
@@ -778,6 +946,49 @@ impl Console {
                 })
             })
             .collect()
+    }
+}
+
+/// What one `block TAG CMD...` printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub tag: String,
+    /// CMD's stdout (and whatever else reached the console meanwhile), one `\n` per line.
+    pub text: String,
+    /// CMD's exit status (-1 if the end marker was garbled).
+    pub rc: i32,
+}
+
+impl Block {
+    /// The JSON object CMD printed (the first `{` line onwards; anything after the object
+    /// is ignored). Panics with the block's text when there is none.
+    pub fn json(&self) -> serde_json::Value {
+        let mut offset = 0;
+        let mut start = None;
+        for line in self.text.split_inclusive('\n') {
+            if line.starts_with('{') {
+                start = Some(offset);
+                break;
+            }
+            offset += line.len();
+        }
+        let parsed = start.and_then(|start| {
+            serde_json::Deserializer::from_str(&self.text[start..])
+                .into_iter::<serde_json::Value>()
+                .next()
+                .and_then(Result::ok)
+        });
+        parsed.unwrap_or_else(|| {
+            panic!(
+                "block {:?} (rc={}) holds no JSON object:\n{}",
+                self.tag, self.rc, self.text
+            )
+        })
+    }
+
+    /// The block's text as one trimmed value (`cat /proc/sys/...`).
+    pub fn value(&self) -> &str {
+        self.text.trim()
     }
 }
 
@@ -795,7 +1006,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn parse(rest: &str) -> Option<Probe> {
+    /// Parses what follows `PROBE ` on a probe line.
+    pub fn parse(rest: &str) -> Option<Probe> {
         let fields: BTreeMap<&str, &str> = rest
             .split_whitespace()
             .filter_map(|kv| kv.split_once('='))
