@@ -221,6 +221,15 @@ impl Tunables {
         })
     }
 
+    /// The limit in force as a profile could state it: kbytes, or the ratio clamped into
+    /// 0..=100. What a policy that names no limit keeps.
+    pub fn limit_clamped(&self) -> Limit {
+        match self.limit_in_force() {
+            RawLimit::Kbytes(k) => Limit::Kbytes(k),
+            RawLimit::Ratio(r) => Limit::Ratio(r.clamp(0, 100) as u32),
+        }
+    }
+
     /// These tunables after the kernel has taken `policy` (the other limit knob zeroed).
     pub fn with_policy(mut self, policy: &Policy) -> Tunables {
         self.overcommit_memory = policy.mode;
@@ -443,8 +452,12 @@ impl Node {
 
 /// A policy that would lock the node out: its CommitLimit (kB) below what is already committed
 /// plus the reserves plus a margin (kB), so every new allocation would fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refused by the lockout guard: {policy} gives CommitLimit {limit_kb} kB, below Committed_AS plus the reserves and the margin ({required_kb} kB): every new allocation on the node would fail (root may override with --force)"
+)]
 pub struct LockoutRisk {
+    pub policy: Policy,
     pub limit_kb: u64,
     pub required_kb: u64,
 }
@@ -464,6 +477,7 @@ impl Node {
             + t.user_reserve_kbytes
             + margin / 1024;
         (limit_kb < required_kb).then_some(LockoutRisk {
+            policy: *policy,
             limit_kb,
             required_kb,
         })

@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use crate::client::{self, ClientError};
-use crate::config::{Config, Profile};
-use crate::model::{write_plan, Knob, Limit, Node, Policy, RawLimit, Tunables};
+use crate::config::{Config, DaemonSettings, Profile};
+use crate::model::{write_plan, Knob, Limit, Node, Policy, Tunables};
 use crate::output::{paint, Section, BAD, DIM, GOOD, HEADING, WARN};
 use crate::protocol::{
     BaselineChanged, DaemonStatus, KernelPolicy, PolicyRequest, ProfileList, Request,
@@ -13,14 +13,6 @@ use crate::protocol::{
 use crate::size::HumanBytes;
 
 use super::{print_json, print_text, CtlError, Globals};
-
-/// The limit in force now, as a profile would state it (ratio clamped into 0..=100).
-fn current_limit(tunables: &Tunables) -> Limit {
-    match tunables.limit_in_force() {
-        RawLimit::Kbytes(k) => Limit::Kbytes(k),
-        RawLimit::Ratio(r) => Limit::Ratio(r.clamp(0, 100) as u32),
-    }
-}
 
 fn load_config(globals: &Globals) -> Result<Config, CtlError> {
     Ok(Config::load(&globals.config)?)
@@ -46,7 +38,7 @@ pub fn set(globals: &Globals, policy: PolicyRequest, force: bool) -> Result<u8, 
     };
     change_baseline(globals, &request, force, |kernel| {
         let limit =
-            Limit::from_options(policy.ratio, policy.kbytes)?.unwrap_or(current_limit(kernel));
+            Limit::from_options(policy.ratio, policy.kbytes)?.unwrap_or(kernel.limit_clamped());
         Ok((
             Policy {
                 mode: policy.mode,
@@ -66,7 +58,7 @@ pub fn apply(globals: &Globals, name: &str, force: bool) -> Result<u8, CtlError>
     change_baseline(globals, &request, force, |kernel| {
         let config = load_config(globals)?;
         let profile = find_profile(&config, name)?;
-        Ok((profile.policy(current_limit(kernel)), profile.swappiness))
+        Ok((profile.policy(kernel.limit_clamped()), profile.swappiness))
     })
 }
 
@@ -130,16 +122,12 @@ fn write_directly(
     );
     let proc_root = globals.proc_root();
     let node = proc_root.node()?;
-    let margin = load_config(globals)
-        .map(|c| c.daemon.lockout_margin)
-        .unwrap_or(64 << 20);
+    let margin = load_config(globals).map_or(DaemonSettings::default().lockout_margin, |c| {
+        c.daemon.lockout_margin
+    });
     if let Some(risk) = node.lockout_risk(policy, margin) {
         if !force {
-            return Err(CtlError::Unsafe {
-                policy: *policy,
-                limit_kb: risk.limit_kb,
-                required_kb: risk.required_kb,
-            });
+            return Err(risk.into());
         }
         eprintln!("overcommitctl: warning: lockout guard overridden with --force");
     }
@@ -362,7 +350,7 @@ pub fn apply_check(globals: &Globals, name: &str) -> Result<u8, CtlError> {
     let config = load_config(globals)?;
     let profile = find_profile(&config, name)?;
     let kernel = globals.proc_root().read_tunables()?;
-    let policy = profile.policy(current_limit(&kernel));
+    let policy = profile.policy(kernel.limit_clamped());
     let current = |knob: Knob| match knob {
         Knob::OvercommitMemory => i64::from(kernel.overcommit_memory.number()),
         Knob::OvercommitRatio => kernel.overcommit_ratio,

@@ -42,15 +42,10 @@ impl CheckReport {
             || hypothetical.ratio.is_some()
             || hypothetical.kbytes.is_some()
         {
-            let current_limit = live
-                .tunables
-                .policy()
-                .map(|p| p.limit)
-                .unwrap_or(Limit::Ratio(50));
             let limit = match (hypothetical.ratio, hypothetical.kbytes) {
                 (Some(r), _) => Limit::Ratio(r),
                 (None, Some(k)) => Limit::Kbytes(k),
-                (None, None) => current_limit,
+                (None, None) => live.tunables.limit_clamped(),
             };
             let mode = hypothetical.mode.unwrap_or(live.tunables.overcommit_memory);
             if mode != Mode::Never

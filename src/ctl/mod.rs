@@ -12,7 +12,7 @@ use crate::cli::{CtlCli, CtlCommand, GlobalArgs, PolicyArgs, StatusFormat};
 use crate::client::ClientError;
 use crate::config::ConfigError;
 use crate::kernel::{KernelError, ProcRoot};
-use crate::model::{LimitError, Policy};
+use crate::model::{LimitError, LockoutRisk};
 use crate::protocol::PolicyRequest;
 use crate::sysctl_d::SysctlSources;
 
@@ -45,14 +45,8 @@ pub enum CtlError {
     NoProfile { name: String, known: String },
     #[error("the configuration names no baseline and overcommitd is not running: name a profile to verify against")]
     NothingToVerify,
-    #[error(
-        "refused by the lockout guard: {policy} gives CommitLimit {limit_kb} kB, below Committed_AS plus reserves and margin ({required_kb} kB): every new allocation on the node would fail (--force to override)"
-    )]
-    Unsafe {
-        policy: Policy,
-        limit_kb: u64,
-        required_kb: u64,
-    },
+    #[error(transparent)]
+    Unsafe(#[from] LockoutRisk),
     #[error("cannot run {command}: {source}")]
     Spawn {
         command: String,
@@ -70,7 +64,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Client(e) => e.exit_code(),
-            CtlError::Unsafe { .. } => 1,
+            CtlError::Unsafe(_) => 1,
             CtlError::Spawn { .. } => 127,
             CtlError::Kernel(_)
             | CtlError::Array(_)

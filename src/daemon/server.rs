@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError, DriftAction};
 use crate::journal::{AdminBaseline, Journal, JournalError, State, JOURNAL_VERSION};
 use crate::kernel::{self, KernelError, ProcRoot};
 use crate::lease::{effective_policy, new_lease_id, Lease};
-use crate::model::{Knob, Limit, LimitError, Node, Policy, RawLimit, Tunables};
+use crate::model::{Knob, Limit, LimitError, LockoutRisk, Node, Policy, Tunables};
 use crate::protocol::{
     BaselineChanged, BaselineInfo, DaemonStatus, ErrorCode, KernelPolicy, LeaseGranted, LeaseInfo,
     LeaseList, LeaseRequest, PolicyRequest, ProfileList, Released, Reply, Request, MAX_REASON,
@@ -46,14 +46,8 @@ pub enum DaemonError {
     NotOwner { id: String, owner: u32 },
     #[error("no profile `{name}` (known: {known})")]
     NoProfile { name: String, known: String },
-    #[error(
-        "refused by the lockout guard: {policy} gives CommitLimit {limit} kB, below Committed_AS plus reserves and margin ({required} kB): every new allocation on the node would fail (root may pass --force)"
-    )]
-    Unsafe {
-        policy: Policy,
-        limit: u64,
-        required: u64,
-    },
+    #[error(transparent)]
+    Unsafe(#[from] LockoutRisk),
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error(transparent)]
@@ -80,7 +74,7 @@ impl DaemonError {
             DaemonError::NoLease(_) | DaemonError::NoTag(_) | DaemonError::NoProfile { .. } => {
                 ErrorCode::NotFound
             }
-            DaemonError::Unsafe { .. } => ErrorCode::Unsafe,
+            DaemonError::Unsafe(_) => ErrorCode::Unsafe,
             DaemonError::Kernel(_) => ErrorCode::Kernel,
             DaemonError::Journal(_) | DaemonError::Holder(_) | DaemonError::Random(_) => {
                 ErrorCode::Internal
@@ -183,14 +177,6 @@ fn user_name(uid: u32) -> String {
     }
 }
 
-/// The limit to keep when a profile names none: as found, clamped into 0..=100.
-fn found_limit(original: &Tunables) -> Limit {
-    match original.limit_in_force() {
-        RawLimit::Kbytes(k) => Limit::Kbytes(k),
-        RawLimit::Ratio(r) => Limit::Ratio(r.clamp(0, 100) as u32),
-    }
-}
-
 impl Server {
     /// Loads the config and the journal, re-adopts the leases whose holders still live and whose
     /// TTL has not passed, and puts the resulting policy in force.
@@ -229,7 +215,7 @@ impl Server {
             leases: BTreeMap::new(),
             effective: Policy {
                 mode: kernel_now.overcommit_memory,
-                limit: found_limit(&kernel_now),
+                limit: kernel_now.limit_clamped(),
             },
             warned_drift: None,
             next_drift_check: None,
@@ -287,7 +273,7 @@ impl Server {
                 from_config: false,
             };
         }
-        let fallback = found_limit(&self.original);
+        let fallback = self.original.limit_clamped();
         match self.config.baseline_profile() {
             Some(profile) => Baseline {
                 name: profile.name.clone(),
@@ -678,17 +664,17 @@ impl Server {
             && self
                 .config
                 .baseline_profile()
-                .map(|p| (p.policy(found_limit(&self.original)), p.swappiness))
+                .map(|p| (p.policy(self.original.limit_clamped()), p.swappiness))
                 == Some((new.policy, new.swappiness));
         self.admin_baseline = if follows_config { None } else { Some(new) };
         let target = self.target(&node);
-        if let Err(e) = guard(&node, &target, self.config.daemon.lockout_margin) {
+        if let Some(risk) = node.lockout_risk(&target, self.config.daemon.lockout_margin) {
             if !force {
                 self.admin_baseline = previous;
-                return Err(e);
+                return Err(risk.into());
             }
             warn!(
-                "lockout guard overridden with --force by uid {}: {e}",
+                "lockout guard overridden with --force by uid {}: {risk}",
                 peer.uid
             );
         }
@@ -747,7 +733,7 @@ impl Server {
             })?;
         let new = AdminBaseline {
             name: profile.name.clone(),
-            policy: profile.policy(found_limit(&self.original)),
+            policy: profile.policy(self.original.limit_clamped()),
             swappiness: profile.swappiness,
         };
         self.check_drift();
@@ -898,17 +884,5 @@ impl Server {
 
     pub fn journal_path(&self) -> &Path {
         self.journal.path()
-    }
-}
-
-/// The lockout guard as a daemon error.
-fn guard(node: &Node, policy: &Policy, margin: u64) -> Result<(), DaemonError> {
-    match node.lockout_risk(policy, margin) {
-        Some(risk) => Err(DaemonError::Unsafe {
-            policy: *policy,
-            limit: risk.limit_kb,
-            required: risk.required_kb,
-        }),
-        None => Ok(()),
     }
 }
