@@ -74,7 +74,7 @@ impl Rule {
                 "mode heuristic (0), kernel before 5.2: free + reclaimable memory + free swap (an estimate)"
             }
             Rule::CommitLimit => "mode never (2): Committed_AS + request must stay below CommitLimit - reserves",
-            Rule::AddressSpace => "the request does not fit in the process's address space",
+            Rule::AddressSpace => "the address space: one mapping needs one free hole at least that large",
             Rule::MaxMapCount => "the process already has vm.max_map_count mappings",
             Rule::RlimitAs => "RLIMIT_AS (ulimit -v): the process's address-space limit",
             Rule::RlimitData => "RLIMIT_DATA (ulimit -d): the process's data-segment limit",
@@ -193,8 +193,8 @@ pub fn predict(node: &Node, process: &Process, bytes: u64) -> Prediction {
                 ..prediction
             };
             prediction.notes.push(format!(
-                "a hole of {} bytes is free in every process; whether a larger one is depends on where the program and its libraries are mapped (--pid reads that process's map)",
-                space.sure
+                "a hole of {} is free in every process; whether a larger one is depends on where the program and its libraries are mapped (--pid reads that process's map)",
+                crate::size::HumanBytes(space.sure)
             ));
             prediction
         }
