@@ -88,7 +88,7 @@ fn main() {
             t.elapsed()
         })
         .collect();
-    println!("  status (reads 3 knobs)      {}", percentiles(status));
+    println!("  status (reads the vm knobs) {}", percentiles(status));
 
     let mut grant = Vec::new();
     let mut release = Vec::new();
