@@ -66,7 +66,7 @@ pub fn record_boot() {
 /// uninitialised until something calls getrandom(2) blocking: a program that only polls
 /// /dev/random (the `getrandom` crate does, in a static glibc build, where its dlsym of
 /// getrandom finds nothing) would wait forever.
-const VIRTIO_MODULES: &[&str] = &[
+pub const VIRTIO_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
     "virtio_pci_modern_dev",

@@ -30,7 +30,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::harness::{find_modules, host, pack_cpio, virtio_drive, Console, Host, Qemu, QemuRun};
+use crate::harness::{
+    find_modules, host, pack_cpio, virtio_drive, Console, Host, Qemu, QemuRun, VIRTIO_MODULES,
+};
 
 /// The guest's release: the machine's own (the package is linked against its glibc).
 const SUITE: &str = "bookworm";
@@ -94,17 +96,6 @@ const EXPECTED_CHECKS: &[&str] = &[
 
 /// The last line of the scenario before it powers the guest off.
 const DONE_MARKER: &str = "GUEST-TEST-DONE";
-
-/// As in the harness: virtio is modular in Debian's kernels, and busybox insmod needs the
-/// dependency order.
-const VIRTIO_MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_blk",
-];
 
 const GUEST_MEMORY_MIB: u64 = 1024;
 /// Under TCG the guest runs for a little over a minute; a hung one is killed after this.
@@ -701,7 +692,12 @@ fn boot(host: &Host, extras: &Extras, rootfs: &Path, deb: &Path) -> Console {
     let initrd = work.path().join("initrd.gz");
     pack_cpio(&host.busybox, &initrd_root, &initrd);
 
-    let extra = vec!["-drive".into(), virtio_drive(&image)];
+    let extra = vec![
+        "-drive".into(),
+        virtio_drive(&image),
+        "-device".into(),
+        "virtio-rng-pci".into(),
+    ];
     let guest = Qemu {
         name: "systemd guest",
         memory_mib: GUEST_MEMORY_MIB,
