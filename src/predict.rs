@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::model::{KernelVersion, Limit, Mode, Node, Policy, RawLimit};
+use crate::model::{KernelVersion, Mode, Node, RawLimit};
 
 /// The process that would make the allocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -449,27 +449,11 @@ fn strict_limit_remedy(node: &Node, process: &Process, pages: u64) -> Option<Rem
     }
 }
 
-/// The policy a remedy stands for, on this node (for `check` to show the exact change).
-pub fn remedy_policy(node: &Node, remedy: &Remedy) -> Option<Policy> {
-    let current = node.tunables.policy().ok()?;
-    match *remedy {
-        Remedy::Mode { mode } => Some(Policy { mode, ..current }),
-        Remedy::Ratio { ratio } => Some(Policy {
-            mode: Mode::Never,
-            limit: Limit::Ratio(ratio),
-        }),
-        Remedy::Kbytes { kbytes } => Some(Policy {
-            mode: Mode::Never,
-            limit: Limit::Kbytes(kbytes),
-        }),
-        Remedy::SwapTotal { .. } | Remedy::Rlimit { .. } => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::testing::node;
+    use crate::model::{Limit, Policy};
     use proptest::prelude::*;
 
     const GIB: u64 = 1 << 30;
