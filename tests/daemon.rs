@@ -115,6 +115,16 @@ fn run_holds_a_lease_for_the_life_of_the_command_and_exits_with_its_status() {
         .args(["sh", "-c", &format!("cat {}; exit 7", mode_file.display())]));
     assert_eq!(code, 7, "run exits with the command's status: {err}");
     assert_eq!(out.trim(), "1", "the command ran under mode always");
+    // With --json the grant is one JSON line on stderr; stdout stays the command's.
+    let (code, out, err) = run(daemon
+        .ctl()
+        .args(["run", "--json", "--", "echo", "job output"]));
+    assert_eq!((code, out.as_str()), (0, "job output\n"));
+    assert_eq!(
+        json(err.lines().next().unwrap())["lease"]["policy"]["mode"],
+        "always",
+        "{err}"
+    );
     assert_eq!(daemon.mode(), "0", "back to the baseline afterwards");
     let log = daemon.log();
     assert!(

@@ -46,12 +46,17 @@ fn time_left(expires_at: u64) -> String {
 pub fn run(globals: &Globals, options: &LeaseOptions, command: &[String]) -> Result<u8, CtlError> {
     let granted: LeaseGranted = client::call(&globals.socket, &lease_request(options, true))?;
     let lease = &granted.lease;
-    eprintln!(
-        "overcommitctl: running under {} (lease {}, ends with the command or in {})",
-        granted.effective,
-        lease.id,
-        time_left(lease.expires_at)
-    );
+    // stdout belongs to the command: the grant goes to stderr, as one JSON line with --json.
+    if globals.json {
+        eprintln!("{}", serde_json::to_string(&granted)?);
+    } else {
+        eprintln!(
+            "overcommitctl: running under {} (lease {}, ends with the command or in {})",
+            granted.effective,
+            lease.id,
+            time_left(lease.expires_at)
+        );
+    }
 
     // Signals come through a signalfd; the child gets an unblocked mask back.
     let mut signals = SigSet::empty();
