@@ -146,6 +146,22 @@ pub fn run(test: &mut TestRun, host: &Host) {
     let c = &console;
     let log = c.block("daemon-log").text;
     let context = |what: &str| format!("{what}\n--- overcommitd log ---\n{log}");
+    // After holder `tag` was SIGKILLed: mode 0 within a second, no lease left; how long it took.
+    let ended_by_kill = |tag: &str, why: &str| {
+        let killed = waitfor(c, &format!("{tag}-killed"));
+        assert_eq!(killed.result, "OK", "{}", context(why));
+        assert!(
+            killed.ms < 1000,
+            "mode 0 came back {} ms after the SIGKILL",
+            killed.ms
+        );
+        assert_eq!(
+            knobs(c, &format!("{tag}-after")),
+            "mode=0 ratio=50 kbytes=0"
+        );
+        assert_eq!(leases(c, &format!("{tag}-gone-leases")).len(), 0);
+        killed.ms
+    };
 
     test.scenario("daemon: applies the baseline at start", || {
         assert_eq!(knobs(c, "before-daemon"), "mode=2 ratio=80 kbytes=0");
@@ -192,21 +208,10 @@ pub fn run(test: &mut TestRun, host: &Host) {
             assert_eq!(held.len(), 1, "{held:?}");
             assert_eq!(held[0]["holder_pid"].as_i64(), Some(h1), "{held:?}");
             assert_eq!(held[0]["owner_uid"].as_u64(), Some(1000), "{held:?}");
-            let killed = waitfor(c, "h1-killed");
-            assert_eq!(
-                killed.result,
-                "OK",
-                "{}",
-                context("the kernel did not go back to mode 0 after the holder died")
-            );
-            assert!(
-                killed.ms < 1000,
-                "mode 0 came back {} ms after the SIGKILL",
-                killed.ms
-            );
-            assert_eq!(knobs(c, "h1-after"), "mode=0 ratio=50 kbytes=0");
-            assert_eq!(leases(c, "h1-gone-leases").len(), 0);
-            killed.ms
+            ended_by_kill(
+                "h1",
+                "the kernel did not go back to mode 0 after the holder died",
+            )
         },
     );
 
@@ -234,21 +239,10 @@ pub fn run(test: &mut TestRun, host: &Host) {
                 "{}",
                 context("no re-adoption in the log")
             );
-            let killed = waitfor(c, "h2-killed");
-            assert_eq!(
-                killed.result,
-                "OK",
-                "{}",
-                context("the re-adopted lease did not end when its holder died")
-            );
-            assert!(
-                killed.ms < 1000,
-                "mode 0 came back {} ms after the SIGKILL",
-                killed.ms
-            );
-            assert_eq!(knobs(c, "h2-after"), "mode=0 ratio=50 kbytes=0");
-            assert_eq!(leases(c, "h2-gone-leases").len(), 0);
-            killed.ms
+            ended_by_kill(
+                "h2",
+                "the re-adopted lease did not end when its holder died",
+            )
         },
     );
 
