@@ -1,7 +1,8 @@
 //! Byte sizes as people type them (`352G`, `1.5GiB`, `352.8GB`) and as admins like to read them.
 //!
-//! Units: a bare number is bytes; `K`/`M`/`G`/`T`/`P` and `KiB`..`PiB` are powers of 1024;
-//! `KB`..`PB` are powers of 1000 (the contract in docs/cli.md). Case does not matter.
+//! Units: a bare number is bytes; `K`/`M`/`G`/`T`/`P`/`E` and `KiB`..`EiB` are powers of 1024;
+//! `KB`..`EB` are powers of 1000 (README's contract). Case does not matter. A fraction is fine
+//! when it comes out as whole bytes (`1.5K` = 1536); a fraction of a byte is an error.
 
 use std::fmt;
 
@@ -16,14 +17,21 @@ pub enum SizeError {
     NotANumber(String),
     #[error("size `{0}` uses exponent notation: write the digits out, or use a unit (e.g. 400G)")]
     Exponent(String),
-    #[error("size `{input}` has an unknown unit `{unit}`: expected one of B, K, M, G, T, P (powers of 1024, also KiB..PiB) or KB, MB, GB, TB, PB (powers of 1000)")]
+    #[error("size `{input}` has an unknown unit `{unit}`: expected one of B, K, M, G, T, P, E (powers of 1024, also KiB..EiB) or KB, MB, GB, TB, PB, EB (powers of 1000)")]
     UnknownUnit { input: String, unit: String },
-    #[error("size `{0}` is too large: the limit is 16 EiB (2^64 - 1 bytes)")]
+    #[error("size `{0}` is too large: the largest is 18446744073709551615 bytes (16 EiB minus one byte)")]
     TooLarge(String),
+    #[error("size `{input}` is {bytes} and a fraction of a byte: give whole bytes (e.g. {rounded}), or a fraction that comes out whole (1.5K = 1536)")]
+    FractionalBytes {
+        input: String,
+        bytes: u64,
+        rounded: u64,
+    },
 }
 
 /// Parses a size such as `352G`, `352.8GB`, `1.5 TiB`, `4096` into bytes.
-/// Fractions are allowed and rounded up to a whole byte (`0.5K` = 512, `1.0001K` = 1025).
+/// Fractions are allowed when the result is whole bytes (`0.5K` = 512); `1.5` or `1.0001K`
+/// name a fraction of a byte and are refused.
 pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     let text = input.trim();
     if text.is_empty() {
@@ -55,7 +63,7 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     })?;
     let (whole, fraction) = number.split_once('.').unwrap_or((&number, ""));
     let too_large = || SizeError::TooLarge(input.to_string());
-    // Exact arithmetic: whole * multiplier + ceil(fraction * multiplier), in u128.
+    // Exact arithmetic: whole * multiplier + fraction * multiplier, in u128.
     let whole: u128 = if whole.is_empty() {
         0
     } else {
@@ -77,8 +85,16 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
             .checked_mul(multiplier as u128)
             .ok_or_else(too_large)?;
         bytes = bytes
-            .checked_add(scaled.div_ceil(denominator))
+            .checked_add(scaled / denominator)
             .ok_or_else(too_large)?;
+        if scaled % denominator != 0 {
+            let bytes = u64::try_from(bytes).map_err(|_| too_large())?;
+            return Err(SizeError::FractionalBytes {
+                input: input.to_string(),
+                bytes,
+                rounded: bytes.saturating_add(1),
+            });
+        }
     }
     u64::try_from(bytes).map_err(|_| too_large())
 }
@@ -93,11 +109,13 @@ fn unit_multiplier(unit: &str) -> Option<u64> {
         "g" | "gib" => KI.pow(3),
         "t" | "tib" => KI.pow(4),
         "p" | "pib" => KI.pow(5),
+        "e" | "eib" => KI.pow(6),
         "kb" => 1000,
         "mb" => 1000u64.pow(2),
         "gb" => 1000u64.pow(3),
         "tb" => 1000u64.pow(4),
         "pb" => 1000u64.pow(5),
+        "eb" => 1000u64.pow(6),
         _ => return None,
     };
     Some(value)
@@ -162,10 +180,44 @@ mod tests {
     }
 
     #[test]
-    fn fractions_round_up_to_a_whole_byte() {
+    fn fractions_must_come_out_as_whole_bytes() {
         assert_eq!(parse_size("0.5K"), Ok(512));
-        assert_eq!(parse_size("1.0001K"), Ok(1025));
-        assert_eq!(parse_size("0.1"), Ok(1));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size("2.0"), Ok(2));
+        assert_eq!(parse_size("1.25KB"), Ok(1250));
+        assert_eq!(
+            parse_size("1.5"),
+            Err(SizeError::FractionalBytes {
+                input: "1.5".into(),
+                bytes: 1,
+                rounded: 2
+            })
+        );
+        assert!(matches!(
+            parse_size("1.0001K"),
+            Err(SizeError::FractionalBytes { bytes: 1024, .. })
+        ));
+        assert!(matches!(
+            parse_size("0.1"),
+            Err(SizeError::FractionalBytes { .. })
+        ));
+        let message = parse_size("1.5").unwrap_err().to_string();
+        assert!(message.contains("fraction of a byte"), "{message}");
+    }
+
+    #[test]
+    fn the_unit_family_goes_up_to_exbibytes() {
+        assert_eq!(parse_size("1E"), Ok(1 << 60));
+        assert_eq!(parse_size("15EiB"), Ok(15 << 60));
+        assert_eq!(parse_size("18EB"), Ok(18_000_000_000_000_000_000));
+        assert!(matches!(parse_size("16E"), Err(SizeError::TooLarge(_))));
+        assert!(matches!(parse_size("16EiB"), Err(SizeError::TooLarge(_))));
+        assert!(matches!(parse_size("19EB"), Err(SizeError::TooLarge(_))));
+        let message = parse_size("16EiB").unwrap_err().to_string();
+        assert!(
+            message.contains("18446744073709551615 bytes"),
+            "the limit named is the largest size accepted: {message}"
+        );
     }
 
     #[test]
@@ -183,7 +235,7 @@ mod tests {
         ));
         assert!(matches!(parse_size(""), Err(SizeError::Empty)));
         assert!(matches!(
-            parse_size("17EB"),
+            parse_size("17ZB"),
             Err(SizeError::UnknownUnit { .. })
         ));
         assert!(matches!(parse_size("16385P"), Err(SizeError::TooLarge(_))));
