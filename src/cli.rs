@@ -13,17 +13,25 @@ pub const DEFAULT_SOCKET: &str = "/run/overcommitd/overcommitd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/run/overcommitd";
 
 const CTL_AFTER_HELP: &str = "\
-Sizes: bytes, or with K/M/G/T/P (powers of 1024, also KiB..PiB) or KB/MB/GB/TB/PB (powers of 1000).
+Sizes: bytes, or with K/M/G/T/P/E (powers of 1024, also KiB..EiB) or KB/MB/GB/TB/PB/EB (powers
+of 1000); a fraction must come out as whole bytes (1.5K = 1536).
 Modes: heuristic (0), always (1), never (2).
 
-Exit status: 0 ok / allowed / in line; 1 refused, borderline, drift or denied;
-2 bad usage, configuration or input; 3 overcommitd unreachable.
+Exit status: 0 ok / allowed / in line; 1 refused, borderline, drift, denied, or a critical
+finding (status); 2 bad usage, configuration or input; 3 overcommitd unreachable (or expected
+on this node but not answering: set/apply refuse unless --direct).
+
+JSON: with --json every command prints one JSON object on stdout with \"schema_version\": 1
+(run prints its record on stderr: stdout is the command's). Errors are one object too,
+{\"schema_version\":1,\"error\":{\"code\":...,\"message\":...}}, with the same exit status.
+The objects are documented in docs/json.md (/usr/share/doc/overcommit/json.md).
 
 Environment: OVERCOMMIT_PROC_ROOT, OVERCOMMIT_SYSCTL_ROOT, OVERCOMMIT_SOCKET, OVERCOMMIT_CONFIG
 set the options of the same names; NO_COLOR turns colour off.
 
 Examples:
   overcommitctl status
+  overcommitctl status --short                               (one line, for prompts and scripts)
   overcommitctl check --shape 210000x210000 --dtype float64
   overcommitctl run --mode always -- python3 job.py
   overcommitctl lease --ttl 12h --tag slurm-$SLURM_JOB_ID     (prolog)
@@ -43,40 +51,102 @@ Exit status: 0 stopped cleanly or configuration valid; 1 could not start; 2 inva
 
 The wire protocol (one JSON object per line) is described in the project's docs/protocol.md.";
 
+/// A value that starts like an option is an option clap did not know (values may start with
+/// `-` so that negative numbers reach our parsers and get a "negative" message).
+fn not_an_option(text: &str) -> Result<(), String> {
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some('-'), Some(c)) if !(c.is_ascii_digit() || c == '.') => Err(format!(
+            "unexpected option `{text}` (see --help; a value that starts with - goes after --)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn parse_size(text: &str) -> Result<u64, String> {
+    not_an_option(text)?;
     crate::size::parse_size(text).map_err(|e| e.to_string())
 }
 
 fn parse_mode(text: &str) -> Result<Mode, String> {
+    not_an_option(text)?;
     text.parse()
         .map_err(|e: crate::model::ModeError| e.to_string())
 }
 
 fn parse_ratio(text: &str) -> Result<u32, String> {
+    not_an_option(text)?;
     match text.trim().trim_end_matches('%').parse::<i64>() {
         Ok(r) if (0..=100).contains(&r) => Ok(r as u32),
+        Ok(r) if r < 0 => Err(format!(
+            "ratio {r} is negative: expected a percentage from 0 to 100"
+        )),
         Ok(r) => Err(format!(
             "ratio {r} is out of range: expected a percentage from 0 to 100"
         )),
         Err(_) => Err(format!(
-            "ratio `{text}` is not a number: expected a percentage from 0 to 100"
+            "ratio `{text}` is not a whole number: expected a percentage from 0 to 100"
         )),
     }
 }
 
 fn parse_kbytes(text: &str) -> Result<u64, String> {
-    match text.trim().parse::<u64>() {
+    not_an_option(text)?;
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!(
+            "kbytes `{text}` is negative: expected a whole number of kB, 1 or more"
+        ));
+    }
+    match text.parse::<u64>() {
         Ok(0) => Err("kbytes 0 is not a limit (the kernel reads it as \"use the ratio\"): give --ratio instead".into()),
         Ok(k) => Ok(k),
         Err(_) => Err(format!("kbytes `{text}` is not a whole number of kB (1 or more)")),
     }
 }
 
-/// Parses durations such as `90s`, `30m`, `24h`, `1h 30m`.
+fn parse_pid(text: &str) -> Result<i32, String> {
+    not_an_option(text)?;
+    match text.trim().parse::<i64>() {
+        Ok(pid) if pid <= 0 => Err(format!(
+            "pid {pid} is {}: expected a process id (1 or more)",
+            if pid < 0 { "negative" } else { "not a process" }
+        )),
+        Ok(pid) => i32::try_from(pid).map_err(|_| format!("pid {pid} is out of range")),
+        Err(_) => Err(format!("pid `{text}` is not a whole number")),
+    }
+}
+
+/// Parses durations such as `90s`, `30m`, `24h`, `1h 30m` (configuration values).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!("duration `{text}` is not valid ({e}): expected e.g. 90s, 30m, 24h, 2h30m")
     })
+}
+
+/// Parses a lease's time to live: whole seconds, at least one (`90s`, `30m`, `24h`, `1h 30m`).
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    not_an_option(text)?;
+    let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        return Err(format!(
+            "ttl `{trimmed}` is negative: expected a duration such as 90s, 30m, 24h or 2h30m"
+        ));
+    }
+    let duration = humantime::parse_duration(trimmed).map_err(|e| {
+        format!("ttl `{trimmed}` is not a duration ({e}): expected e.g. 90s, 30m, 24h, 2h30m")
+    })?;
+    if duration.is_zero() {
+        return Err(format!(
+            "ttl `{trimmed}` is zero: a lease lives at least 1s (e.g. 30m, 24h)"
+        ));
+    }
+    if duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "ttl `{trimmed}` is not a whole number of seconds: leases are timed in seconds"
+        ));
+    }
+    Ok(duration)
 }
 
 /// Inspect, check, change and lease the kernel's memory-overcommit policy.
@@ -103,7 +173,8 @@ pub struct GlobalArgs {
         default_value = "/proc"
     )]
     pub proc_root: PathBuf,
-    /// Root under which the sysctl.d directories and /etc/sysctl.conf are read.
+    /// Root under which the boot configuration is read: the sysctl.d directories,
+    /// /etc/sysctl.conf, and systemd's unit directories (is overcommitd enabled?).
     #[arg(
         long,
         global = true,
@@ -118,14 +189,15 @@ pub struct GlobalArgs {
     /// The daemon's configuration (profiles are read from profiles.d/ beside it).
     #[arg(long, global = true, value_name = "FILE", env = "OVERCOMMIT_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// Print one JSON object with exact figures (bytes) instead of text.
+    /// Print one JSON object (docs/json.md) with exact figures instead of text; errors too.
     #[arg(long, global = true)]
     pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
-    /// Show the live policy, commit accounting, memory, boot configuration and findings.
+    /// Show the live policy, commit accounting, memory, boot configuration and findings
+    /// (exit 1 when a finding is critical).
     Status(StatusArgs),
     /// Will ONE allocation of SIZE (or of a NumPy array) succeed now, and if not, what would allow it?
     Check(CheckArgs),
@@ -135,11 +207,11 @@ pub enum CtlCommand {
     Apply(ApplyArgs),
     /// Compare the kernel with a profile (default: what the daemon or the config expects).
     Verify(VerifyArgs),
-    /// List the configured profiles.
+    /// List the profiles (those overcommitd has loaded when it runs).
     Profiles,
-    /// Run CMD under a temporary policy that ends when CMD ends, however it ends.
+    /// Run CMD under a temporary node-wide policy that ends when CMD ends, however it ends.
     Run(RunArgs),
-    /// Take a lease that lives until its TTL or `release` (for prolog/epilog scripts).
+    /// Take a node-wide lease that lives until its TTL or `release` (for prolog/epilog scripts).
     Lease(LeaseArgs),
     /// End a lease, by id or by tag.
     Release(ReleaseArgs),
@@ -160,29 +232,46 @@ pub struct StatusArgs {
     /// Output format (--json is the same as --format json).
     #[arg(long, value_enum, default_value = "text")]
     pub format: StatusFormat,
+    /// One line for scripts and prompts: MODE LIMIT committed=USED/LIMIT STATE, where STATE is
+    /// `ok` or the codes of the warnings and critical findings.
+    #[arg(long, conflicts_with = "format")]
+    pub short: bool,
+}
+
+/// Which allocation `check` asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AllocVia {
+    /// glibc's malloc/calloc (NumPy, C, Fortran): mmap first, then brk when mmap fails.
+    Malloc,
+    /// One mmap of exactly SIZE bytes.
+    Mmap,
 }
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("request").required(true).args(["size", "shape"]))]
 pub struct CheckArgs {
-    /// Bytes, or with K/M/G/T (powers of 1024, also KiB..TiB) or KB/MB/GB/TB (powers of 1000).
-    #[arg(value_parser = parse_size)]
+    /// Bytes, or with K/M/G/T/P/E (powers of 1024, also KiB..EiB) or KB/MB/GB/TB/PB/EB (powers of 1000).
+    #[arg(value_parser = parse_size, allow_hyphen_values = true)]
     pub size: Option<u64>,
-    /// A NumPy array shape instead of SIZE, e.g. 210000x210000.
-    #[arg(long, value_name = "DIMS")]
-    pub shape: Option<String>,
-    /// The array's dtype (NumPy names and codes: float64, f8, float32, int64, u1, complex128, ...).
+    /// A NumPy array shape instead of SIZE, e.g. 210000x210000 or "(210000, 210000)".
     #[arg(
         long,
-        value_name = "DTYPE",
-        default_value = "float64",
-        requires = "shape"
+        value_name = "DIMS",
+        conflicts_with = "size",
+        allow_hyphen_values = true
     )]
-    pub dtype: String,
+    pub shape: Option<String>,
+    /// The array's dtype, with --shape (any np.dtype string: float64, f8, int32, u1, complex128,
+    /// object, datetime64[ns], U10, S, ...) [default: float64].
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
+    /// How the program allocates: malloc (glibc's malloc or calloc, as NumPy does) or one mmap.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "malloc")]
+    pub via: AllocVia,
     #[command(flatten)]
     pub hypothetical: PolicyArgs,
     /// Assume this much swap in total.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub swap_total: Option<u64>,
     /// As an unprivileged process (the admin reserve applies). Default: as the caller.
     #[arg(long, conflicts_with = "root")]
@@ -190,11 +279,12 @@ pub struct CheckArgs {
     /// As a process with CAP_SYS_ADMIN (exempt from the admin reserve).
     #[arg(long)]
     pub root: bool,
-    /// As this process: its VmSize, RLIMIT_AS/RLIMIT_DATA, map count, privilege and cgroup.
-    #[arg(long, value_name = "PID")]
+    /// As this process: its VmSize, RLIMIT_AS/RLIMIT_DATA, map count, privilege, cgroup, and
+    /// (with --via malloc) the free space at the top of its heap.
+    #[arg(long, value_name = "PID", value_parser = parse_pid, allow_hyphen_values = true)]
     pub pid: Option<i32>,
     /// Assume the process's VmSize is this (it sets the user reserve in mode never).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub vm_size: Option<u64>,
 }
 
@@ -202,41 +292,49 @@ pub struct CheckArgs {
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Overcommit mode: heuristic (0), always (1) or never (2).
-    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    #[arg(long, value_name = "MODE", value_parser = parse_mode, allow_hyphen_values = true)]
     pub mode: Option<Mode>,
-    /// Mode-never limit as a percentage of RAM (0..=100).
-    #[arg(long, value_name = "PERCENT", value_parser = parse_ratio, conflicts_with = "kbytes")]
+    /// Mode-never limit as a percentage of RAM (0..=100); mode never only.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_ratio, conflicts_with = "kbytes", allow_hyphen_values = true)]
     pub ratio: Option<u32>,
-    /// Mode-never limit in kB.
-    #[arg(long, value_name = "KB", value_parser = parse_kbytes)]
+    /// Mode-never limit in kB; mode never only.
+    #[arg(long, value_name = "KB", value_parser = parse_kbytes, allow_hyphen_values = true)]
     pub kbytes: Option<u64>,
 }
 
 #[derive(Debug, Args)]
 pub struct SetArgs {
     /// heuristic (0), always (1) or never (2).
-    #[arg(value_parser = parse_mode)]
+    #[arg(value_parser = parse_mode, allow_hyphen_values = true)]
     pub mode: Mode,
     /// Mode-never limit as a percentage of RAM (0..=100).
-    #[arg(long, value_name = "PERCENT", value_parser = parse_ratio, conflicts_with = "kbytes")]
+    #[arg(long, value_name = "PERCENT", value_parser = parse_ratio, conflicts_with = "kbytes", allow_hyphen_values = true)]
     pub ratio: Option<u32>,
     /// Mode-never limit in kB.
-    #[arg(long, value_name = "KB", value_parser = parse_kbytes)]
+    #[arg(long, value_name = "KB", value_parser = parse_kbytes, allow_hyphen_values = true)]
     pub kbytes: Option<u64>,
     /// Apply even if the new CommitLimit would be below Committed_AS plus the safety margin.
     #[arg(long)]
     pub force: bool,
+    /// Write the kernel directly although overcommitd is expected on this node but does not
+    /// answer (it will not know; the lockout guard still applies).
+    #[arg(long)]
+    pub direct: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     pub profile: String,
     /// Only say what would change: exit 0 if nothing, 1 if something would.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["force", "direct"])]
     pub check: bool,
     /// Apply even if the new CommitLimit would be below Committed_AS plus the safety margin.
     #[arg(long)]
     pub force: bool,
+    /// Write the kernel directly although overcommitd is expected on this node but does not
+    /// answer (it will not know; the lockout guard still applies).
+    #[arg(long)]
+    pub direct: bool,
 }
 
 #[derive(Debug, Args)]
@@ -249,8 +347,9 @@ pub struct VerifyArgs {
 pub struct LeaseOptions {
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// How long the lease may live at most (e.g. 30m, 24h); default: the longest allowed.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// How long the lease may live at most, in whole seconds (e.g. 90s, 30m, 24h); default: the
+    /// longest your [[access]] rule allows (root: the daemon's default_ttl).
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
     pub ttl: Option<Duration>,
     /// Why (shown in `leases` and in the audit log).
     #[arg(long, value_name = "TEXT")]

@@ -15,14 +15,79 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach overcommitd at {}: {source} (is it running? try `systemctl status overcommitd`)", path.display())]
-    Unreachable { path: PathBuf, source: io::Error },
+    #[error("cannot reach overcommitd at {}: {hint}", path.display())]
+    Unreachable {
+        path: PathBuf,
+        source: io::Error,
+        /// What the failure most likely means, with what to do (see [`unreachable_hint`]).
+        hint: String,
+    },
     #[error("lost the connection to overcommitd: {0}")]
     Io(#[from] io::Error),
     #[error("overcommitd sent a reply this client cannot read: {0}")]
     BadReply(String),
-    #[error("overcommitd: {message} [{}]", serde_json::to_value(code).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())]
+    #[error("overcommitd: {message} [{}]", code_name(*code))]
     Daemon { code: ErrorCode, message: String },
+}
+
+/// The stable name of a protocol error code, as it is on the wire.
+pub fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// Says why connecting to `path` failed with `error`, in words that fit the failure: no
+/// socket, nothing listening, or not permitted (with the modes that decide it).
+pub fn unreachable_hint(path: &Path, error: &io::Error) -> String {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let owner = |meta: &std::fs::Metadata| {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+            .ok()
+            .flatten()
+            .map_or(meta.uid().to_string(), |u| u.name);
+        let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(meta.gid()))
+            .ok()
+            .flatten()
+            .map_or(meta.gid().to_string(), |g| g.name);
+        format!("mode {:04o}, owner {user}:{group}", meta.mode() & 0o7777)
+    };
+    let socket_meta = std::fs::symlink_metadata(path);
+    match error.kind() {
+        io::ErrorKind::NotFound if !dir.exists() => format!(
+            "{error}: the directory {} does not exist (overcommitd has not run since boot, or --socket / OVERCOMMIT_SOCKET names another path; `systemctl status overcommitd`)",
+            dir.display()
+        ),
+        io::ErrorKind::NotFound => format!(
+            "{error}: there is no socket there (overcommitd is not running, or --socket / OVERCOMMIT_SOCKET names another path; `systemctl status overcommitd`)"
+        ),
+        io::ErrorKind::ConnectionRefused => match &socket_meta {
+            Ok(meta) if !meta.file_type().is_socket() => format!(
+                "{error}: {} is not a socket (check --socket / OVERCOMMIT_SOCKET)",
+                path.display()
+            ),
+            _ => format!(
+                "{error}: the socket exists but nothing listens on it (overcommitd stopped or crashed and left it behind; `systemctl status overcommitd`)"
+            ),
+        },
+        io::ErrorKind::PermissionDenied => {
+            let socket = match &socket_meta {
+                Ok(meta) => format!("the socket has {}", owner(meta)),
+                Err(_) => "the socket cannot even be looked at".to_string(),
+            };
+            let directory = match std::fs::metadata(dir) {
+                Ok(meta) => format!("{} has {}", dir.display(), owner(&meta)),
+                Err(e) => format!("{}: {e}", dir.display()),
+            };
+            format!(
+                "{error}: {socket}; {directory}. This user (uid {}) may not connect: overcommitd's socket is normally mode 0666 in a directory everyone may enter, so ask an admin",
+                nix::unistd::geteuid()
+            )
+        }
+        _ => error.to_string(),
+    }
 }
 
 impl ClientError {
@@ -46,6 +111,7 @@ impl Client {
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Unreachable {
             path: path.to_path_buf(),
+            hint: unreachable_hint(path, &source),
             source,
         })?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;

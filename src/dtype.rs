@@ -39,10 +39,12 @@ pub fn itemsize(text: &str) -> Result<u64, ArrayError> {
     let mut total: u64 = 0;
     for field in &fields {
         let size = field_size(text, field.trim())?;
-        total = total.checked_add(size).ok_or_else(|| ArrayError::BadDtype {
-            dtype: text.to_string(),
-            reason: "the element is larger than 2^64 - 1 bytes".into(),
-        })?;
+        total = total
+            .checked_add(size)
+            .ok_or_else(|| ArrayError::BadDtype {
+                dtype: text.to_string(),
+                reason: "the element is larger than 2^64 - 1 bytes".into(),
+            })?;
     }
     Ok(total)
 }
@@ -134,8 +136,10 @@ fn base_size(base: &str) -> Option<u64> {
     };
     if !unit.is_empty() {
         // Only datetimes take a unit: M8[ns], m8[10s].
-        return (matches!(kind, "M" | "m") && matches!(length, None | Some(8)) && datetime_unit(unit))
-            .then_some(8);
+        return (matches!(kind, "M" | "m")
+            && matches!(length, None | Some(8))
+            && datetime_unit(unit))
+        .then_some(8);
     }
     match (kind, length) {
         // Flexible types: a missing or zero length is one character (NumPy sizes `U` as U1),
@@ -166,7 +170,19 @@ fn datetime_unit(text: &str) -> bool {
     let unit = inner.trim_start_matches(|c: char| c.is_ascii_digit());
     matches!(
         unit,
-        "Y" | "M" | "W" | "D" | "h" | "m" | "s" | "ms" | "us" | "μs" | "ns" | "ps" | "fs" | "as"
+        "Y" | "M"
+            | "W"
+            | "D"
+            | "h"
+            | "m"
+            | "s"
+            | "ms"
+            | "us"
+            | "μs"
+            | "ns"
+            | "ps"
+            | "fs"
+            | "as"
             | "generic"
     )
 }

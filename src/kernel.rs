@@ -394,6 +394,7 @@ pub struct ProcessInfo {
     pub start_time: u64,
     /// The tightest cgroup v2 memory.max on the way from its cgroup to the root.
     pub memory_max: Option<u64>,
+    pub threads: u64,
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -431,7 +432,153 @@ pub fn process_info(pid: i32) -> Result<ProcessInfo, KernelError> {
         largest_gap: largest_gap(&maps),
         start_time: stat.starttime,
         memory_max: cgroup_memory_max(pid),
+        threads: status.threads,
     })
+}
+
+/// Which C library's malloc a process uses, as far as its map shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Libc {
+    Glibc,
+    Musl,
+    /// Neither is mapped (a static or a Go program, for instance).
+    Unknown,
+}
+
+/// What `check --pid` needs to know about a process's malloc: its C library, its main heap
+/// (the brk area), and the malloc settings it started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessHeap {
+    pub libc: Libc,
+    /// The heap's start and end; `None` when the process has not used brk yet.
+    pub heap: Option<(u64, u64)>,
+    /// Bytes free between the heap's end and the next mapping above it.
+    pub room_above: Option<u64>,
+    /// From walking the heap's chunks; `None` when it cannot be read (permission) or does not
+    /// look like glibc's.
+    pub chunks: Option<HeapChunks>,
+    /// The `MALLOC_*` variables and `GLIBC_TUNABLES` of the environment it started with.
+    pub malloc_env: Vec<(String, String)>,
+}
+
+/// A snapshot of glibc's main heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapChunks {
+    /// The size of the chunk at the top of the heap (its free space).
+    pub top: u64,
+    /// The largest free chunk below it.
+    pub largest_free: u64,
+}
+
+/// Reads a real process's heap: the [heap] mapping from /proc/PID/maps, its chunks from
+/// /proc/PID/mem (which needs the right to trace the process: root, or the same user), and
+/// its malloc environment from /proc/PID/environ.
+pub fn process_heap(pid: i32) -> Result<ProcessHeap, KernelError> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let maps = read_file(&dir.join("maps"))?;
+    let mut ranges: Vec<(u64, u64, &str)> = maps
+        .lines()
+        .filter_map(|line| {
+            let (range, _) = line.split_once(' ')?;
+            let (start, end) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+                line.split_whitespace().nth(5).unwrap_or(""),
+            ))
+        })
+        .collect();
+    ranges.sort_unstable();
+    let libc = if ranges
+        .iter()
+        .any(|r| r.2.contains("ld-musl") || r.2.contains("libc.musl"))
+    {
+        Libc::Musl
+    } else if ranges
+        .iter()
+        .any(|r| r.2.ends_with("/libc.so.6") || r.2.contains("/libc-2."))
+    {
+        Libc::Glibc
+    } else {
+        Libc::Unknown
+    };
+    let heap = ranges
+        .iter()
+        .find(|r| r.2 == "[heap]")
+        .map(|&(start, end, _)| (start, end));
+    let room_above = heap.and_then(|(_, end)| {
+        let next = ranges.iter().find(|r| r.0 >= end)?;
+        // brk keeps one page clear of the next mapping.
+        Some(next.0.saturating_sub(end).saturating_sub(page_size()))
+    });
+    let chunks = match heap {
+        None => Some(HeapChunks {
+            top: 0,
+            largest_free: 0,
+        }),
+        Some((start, end)) => fs::File::open(dir.join("mem"))
+            .ok()
+            .and_then(|mem| walk_heap(&mem, start, end)),
+    };
+    let malloc_env = fs::read(dir.join("environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter_map(|var| {
+            let var = String::from_utf8_lossy(var);
+            let (name, value) = var.split_once('=')?;
+            (name.starts_with("MALLOC_") || name == "GLIBC_TUNABLES")
+                .then(|| (name.to_string(), value.to_string()))
+        })
+        .collect();
+    Ok(ProcessHeap {
+        libc,
+        heap,
+        room_above,
+        chunks,
+        malloc_env,
+    })
+}
+
+/// Walks glibc's chunks from the heap's start (the main arena's first chunk) to its end: the
+/// last chunk is the top. A chunk is free when the next one's PREV_INUSE bit is clear.
+/// `None` when a size does not chain up to the end exactly.
+fn walk_heap(mem: &fs::File, start: u64, end: u64) -> Option<HeapChunks> {
+    const BLOCK: u64 = 1 << 16;
+    let length = end.checked_sub(start)?;
+    let mut block: Option<(u64, Vec<u8>)> = None;
+    let mut word_at = |offset: u64| -> Option<u64> {
+        let base = offset / BLOCK * BLOCK;
+        if block.as_ref().map(|b| b.0) != Some(base) {
+            let mut buffer = vec![0u8; BLOCK.min(length - base) as usize];
+            mem.read_exact_at(&mut buffer, start + base).ok()?;
+            block = Some((base, buffer));
+        }
+        let bytes = &block.as_ref()?.1;
+        let at = usize::try_from(offset - base).ok()?;
+        Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    let (mut chunk, mut largest_free) = (0u64, 0u64);
+    loop {
+        let size = word_at(chunk + 8)? & !7;
+        if size < 16 || size % 16 != 0 {
+            return None;
+        }
+        let next = chunk.checked_add(size)?;
+        if next == length {
+            return Some(HeapChunks {
+                top: size,
+                largest_free,
+            });
+        }
+        if next + 16 > length {
+            return None;
+        }
+        if word_at(next + 8)? & 1 == 0 {
+            largest_free = largest_free.max(size);
+        }
+        chunk = next;
+    }
 }
 
 /// The largest hole between the mappings of a /proc/PID/maps listing, from mmap_min_addr

@@ -15,6 +15,7 @@ pub mod journal;
 pub mod kernel;
 pub mod lease;
 pub mod logging;
+pub mod malloc;
 pub mod model;
 pub mod output;
 pub mod predict;

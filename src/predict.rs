@@ -16,20 +16,26 @@ pub struct Process {
     pub privileged: bool,
     /// VmSize (total_vm) before the mapping, bytes. `None`: unknown, so the user reserve
     /// (min(VmSize/32, user_reserve)) is anywhere from nothing to all of it.
+    #[serde(rename = "vm_size_bytes")]
     pub vm_size: Option<u64>,
     /// VmData (data_vm), bytes, for RLIMIT_DATA.
+    #[serde(rename = "data_size_bytes")]
     pub data_size: Option<u64>,
     /// RLIMIT_AS soft limit, bytes; `None` = unlimited.
+    #[serde(rename = "rlimit_as_bytes")]
     pub rlimit_as: Option<u64>,
     /// RLIMIT_DATA soft limit, bytes; `None` = unlimited.
+    #[serde(rename = "rlimit_data_bytes")]
     pub rlimit_data: Option<u64>,
     /// Number of mappings the process has now.
     pub map_count: Option<u64>,
     /// The tightest cgroup v2 memory.max above the process. The commit check ignores it;
     /// the OOM killer does not.
+    #[serde(rename = "memory_max_bytes")]
     pub memory_max: Option<u64>,
     /// The largest hole between its mappings (from /proc/PID/maps): the biggest mapping that
     /// can still be placed. `None`: unknown.
+    #[serde(rename = "largest_gap_bytes")]
     pub largest_gap: Option<u64>,
 }
 
@@ -93,9 +99,16 @@ pub enum Remedy {
     /// Mode never with at least this many kB (the ratio would have to exceed 100).
     Kbytes { kbytes: u64 },
     /// At least this much swap in total (under the current mode).
-    SwapTotal { bytes: u64 },
+    SwapTotal {
+        #[serde(rename = "swap_total_bytes")]
+        bytes: u64,
+    },
     /// Raise this limit of the process to at least this many bytes.
-    Rlimit { which: RlimitKind, bytes: u64 },
+    Rlimit {
+        which: RlimitKind,
+        #[serde(rename = "min_bytes")]
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,8 +138,24 @@ pub struct Prediction {
     pub largest_bytes: Option<u64>,
     /// What would allow it, when it is refused or borderline.
     pub remedies: Vec<Remedy>,
-    /// Facts worth knowing even when allowed (cgroup limit, ignored knobs, ...).
-    pub notes: Vec<String>,
+    /// Facts worth knowing even when allowed (cgroup limit, address-space layout, ...).
+    pub notes: Vec<Note>,
+}
+
+/// A fact about a prediction, with a stable code for scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Note {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Note {
+        Note {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 /// x86-64 with 4-level paging: TASK_SIZE_MAX = 2^47 − one page.
@@ -146,8 +175,9 @@ pub fn predict(node: &Node, process: &Process, bytes: u64) -> Prediction {
     let mut notes = Vec::new();
     if let Some(max) = process.memory_max {
         if bytes > max {
-            notes.push(format!(
-                "the process's cgroup memory.max is {max} bytes: the commit check ignores it, but touching more than that invokes the cgroup's OOM killer"
+            notes.push(Note::new(
+                "cgroup_memory_max",
+                format!("the process's cgroup memory.max is {max} bytes: the commit check ignores it, but touching more than that invokes the cgroup's OOM killer"),
             ));
         }
     }
@@ -192,9 +222,10 @@ pub fn predict(node: &Node, process: &Process, bytes: u64) -> Prediction {
                 largest_bytes: Some(space.sure),
                 ..prediction
             };
-            prediction.notes.push(format!(
-                "a hole of {} is free in every process; whether a larger one is depends on where the program and its libraries are mapped (--pid reads that process's map)",
-                crate::size::HumanBytes(space.sure)
+            prediction.notes.push(Note::new(
+                "address_space_layout",
+                format!("a hole of {} is free in every process; whether a larger one is depends on where the program and its libraries are mapped (--pid reads that process's map)",
+                crate::size::HumanBytes(space.sure)),
             ));
             prediction
         }
@@ -346,10 +377,13 @@ fn old_heuristic(node: &Node, process: &Process, pages: u64, mut base: Predictio
     if verdict != Verdict::Allowed {
         base.remedies.push(Remedy::Mode { mode: Mode::Always });
     }
-    base.notes.push(format!(
-        "kernel {} is older than {}: mode 0 there compares with free memory, an estimate from /proc/meminfo",
-        node.kernel.map(|v| v.to_string()).unwrap_or_default(),
-        KernelVersion::SIMPLE_HEURISTIC
+    base.notes.push(Note::new(
+        "heuristic_pre_5_2",
+        format!(
+            "kernel {} is older than {}: mode 0 there compares with free memory, an estimate from /proc/meminfo",
+            node.kernel.map(|v| v.to_string()).unwrap_or_default(),
+            KernelVersion::SIMPLE_HEURISTIC
+        ),
     ));
     Prediction {
         verdict,
@@ -681,7 +715,7 @@ mod tests {
         };
         let p = predict(&n, &capped, 16 * GIB);
         assert_eq!(p.verdict, Verdict::Allowed);
-        assert!(p.notes.iter().any(|n| n.contains("memory.max")));
+        assert!(p.notes.iter().any(|n| n.code == "cgroup_memory_max"));
     }
 
     #[test]

@@ -247,6 +247,10 @@ pub struct DaemonStatus {
     pub leases: usize,
     pub drift: DriftAction,
     pub clients: usize,
+    /// The kernel's values before the daemon's first write this boot: the limit a profile
+    /// without ratio/kbytes keeps (`apply --check` needs it to say what `apply` would write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<KernelPolicy>,
 }
 
 /// Reply to `lease`.

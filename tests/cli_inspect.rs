@@ -96,9 +96,11 @@ fn status_names_the_sysctl_d_file_and_line_that_sets_the_boot_value() {
         .args(["status", "--json"]));
     assert_eq!(code, 0);
     let v = json(&out);
-    let winner = &v["boot"]["values"]["vm.overcommit_memory"]["winner"];
-    assert_eq!(winner["value"], "2");
+    let winner = &v["boot"]["values"]["vm.overcommit_memory"];
+    assert_eq!(winner["value"], 2);
+    assert_eq!(winner["text"], "2");
     assert_eq!(winner["line"], 3);
+    assert_eq!(winner["overrides"], 1, "it overrides the vendor file");
     assert!(winner["file"]
         .as_str()
         .unwrap()
@@ -251,7 +253,7 @@ fn check_pid_reads_the_real_process() {
     child.wait().unwrap();
     assert_eq!(code, 0, "{out}");
     let v = json(&out);
-    assert!(v["process"]["vm_size"].as_u64().unwrap() > 0);
+    assert!(v["process"]["vm_size_bytes"].as_u64().unwrap() > 0);
     assert!(v["process"]["map_count"].as_u64().unwrap() > 0);
 }
 

@@ -3,4 +3,13 @@
 # Run it from the timer beside this file (or cron), every minute.
 dir=${1:-/var/lib/prometheus/node-exporter}
 tmp="$dir/.overcommit.prom.$$"
-overcommitctl status --format prometheus > "$tmp" && mv "$tmp" "$dir/overcommit.prom" || rm -f "$tmp"
+overcommitctl status --format prometheus > "$tmp"
+rc=$?
+# status exits 1 when a finding is critical: the figures are still right, and worth exporting
+# (overcommit_findings{severity="critical"} says so).
+if [ "$rc" -le 1 ]; then
+    mv "$tmp" "$dir/overcommit.prom"
+else
+    rm -f "$tmp"
+    exit "$rc"
+fi

@@ -1,42 +1,42 @@
-//! Admin commands: `set`, `apply` (and `apply --check`), `verify`, `profiles`. Changes go
-//! through the daemon when it runs; without it, root may change the kernel directly.
+//! Admin commands: `set`, `apply` (and `apply --check`), `verify`, `profiles`.
+//!
+//! overcommitd is the one source of truth when it runs: changes go through it, and
+//! `apply --check`, `verify` and `profiles` read the profiles it has loaded (saying when the
+//! file on disk differs: reload to apply). Without it, root may write the kernel directly, but
+//! only when overcommitd is not expected on this node, or with `--direct`.
 
 use serde::Serialize;
 
-use crate::client::{self, ClientError};
+use crate::client::{self, Client, ClientError};
 use crate::config::{Config, DaemonSettings, Profile};
-use crate::model::{write_plan, Knob, Limit, Node, Policy, Tunables};
+use crate::lease::effective_policy;
+use crate::model::{write_plan, Knob, Limit, Mode, Node, Policy, Tunables};
 use crate::output::{paint, Section, BAD, DIM, GOOD, HEADING, WARN};
 use crate::protocol::{
-    BaselineChanged, DaemonStatus, KernelPolicy, PolicyRequest, ProfileList, Request,
+    BaselineChanged, BaselineInfo, DaemonStatus, ErrorCode, KernelPolicy, LeaseList, PolicyRequest,
+    ProfileList, Request,
 };
 use crate::size::HumanBytes;
 
+use super::overcommitd::{self, daemon_expected};
 use super::{print_json, print_text, CtlError, Globals};
 
 fn load_config(globals: &Globals) -> Result<Config, CtlError> {
     Ok(Config::load(&globals.config)?)
 }
 
-fn find_profile<'a>(config: &'a Config, name: &str) -> Result<&'a Profile, CtlError> {
-    config.profile(name).ok_or_else(|| CtlError::NoProfile {
-        name: name.to_string(),
-        known: config
-            .profiles
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
-}
-
-/// `set MODE [--ratio P | --kbytes K] [--force]`.
-pub fn set(globals: &Globals, policy: PolicyRequest, force: bool) -> Result<u8, CtlError> {
+/// `set MODE [--ratio P | --kbytes K] [--force] [--direct]`.
+pub fn set(
+    globals: &Globals,
+    policy: PolicyRequest,
+    force: bool,
+    direct: bool,
+) -> Result<u8, CtlError> {
     let request = Request::Set {
         policy: policy.clone(),
         force,
     };
-    change_baseline(globals, &request, force, |kernel| {
+    change_baseline(globals, &request, force, direct, |kernel| {
         let limit =
             Limit::from_options(policy.ratio, policy.kbytes)?.unwrap_or(kernel.limit_clamped());
         Ok((
@@ -49,41 +49,89 @@ pub fn set(globals: &Globals, policy: PolicyRequest, force: bool) -> Result<u8, 
     })
 }
 
-/// `apply PROFILE [--force]`.
-pub fn apply(globals: &Globals, name: &str, force: bool) -> Result<u8, CtlError> {
+/// `apply PROFILE [--force] [--direct]`.
+pub fn apply(globals: &Globals, name: &str, force: bool, direct: bool) -> Result<u8, CtlError> {
     let request = Request::Apply {
         profile: name.to_string(),
         force,
     };
-    change_baseline(globals, &request, force, |kernel| {
-        let config = load_config(globals)?;
-        let profile = find_profile(&config, name)?;
+    let result = change_baseline(globals, &request, force, direct, |kernel| {
+        let profiles: Vec<Profile> = load_config(globals)?.profiles.into_values().collect();
+        let profile = find_profile(&profiles, name)?;
         Ok((profile.policy(kernel.limit_clamped()), profile.swappiness))
-    })
+    });
+    match result {
+        // An unknown profile is bad input (exit 2), with or without the daemon.
+        Err(CtlError::Client(
+            e @ ClientError::Daemon {
+                code: ErrorCode::NotFound,
+                ..
+            },
+        )) => {
+            loaded_profiles(globals, Ask::Profiles)?.find(name)?;
+            Err(e.into())
+        }
+        other => other,
+    }
 }
 
-/// Asks the daemon to change the baseline; without a daemon, root writes the policy that
-/// `direct` gives (policy and swappiness, from the kernel's current values) itself.
+/// Asks the daemon to change the baseline. When it does not answer, root writes the policy
+/// that `direct` gives (from the kernel's current values) itself, unless overcommitd is
+/// expected on this node and `--direct` was not given.
 fn change_baseline(
     globals: &Globals,
     request: &Request,
     force: bool,
-    direct: impl FnOnce(&Tunables) -> Result<(Policy, Option<u64>), CtlError>,
+    direct: bool,
+    policy_for: impl FnOnce(&Tunables) -> Result<(Policy, Option<u64>), CtlError>,
 ) -> Result<u8, CtlError> {
     match client::call::<BaselineChanged>(&globals.socket, request) {
         Ok(changed) => report_change(globals, &changed),
-        Err(ClientError::Unreachable { .. }) if nix::unistd::geteuid().is_root() => {
+        Err(source @ ClientError::Unreachable { .. }) => {
+            let expected = daemon_expected(&globals.config, &globals.sysctl_root);
+            if !expected.is_empty() && !direct {
+                return Err(CtlError::DaemonExpected { expected, source });
+            }
+            if !nix::unistd::geteuid().is_root() {
+                return Err(source.into());
+            }
             let kernel = globals.proc_root().read_tunables()?;
-            let (policy, swappiness) = direct(&kernel)?;
-            write_directly(globals, &policy, swappiness, force)
+            let (policy, swappiness) = policy_for(&kernel)?;
+            write_directly(globals, &policy, swappiness, force, &expected)
         }
         Err(e) => Err(e.into()),
     }
 }
 
+/// How a baseline change was made.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Via {
+    Daemon,
+    Direct,
+}
+
+/// `set --json` and `apply --json`.
+#[derive(Debug, Serialize)]
+struct ChangeReport<'a> {
+    via: Via,
+    /// The daemon's new baseline; `None` when the kernel was written directly.
+    baseline: Option<&'a BaselineInfo>,
+    /// The policy the kernel holds now (with the daemon: the baseline or a lease's).
+    effective: Policy,
+    before: KernelPolicy,
+    after: KernelPolicy,
+}
+
 fn report_change(globals: &Globals, changed: &BaselineChanged) -> Result<u8, CtlError> {
     if globals.json {
-        print_json(changed)?;
+        print_json(&ChangeReport {
+            via: Via::Daemon,
+            baseline: Some(&changed.baseline),
+            effective: changed.effective,
+            before: changed.before,
+            after: changed.after,
+        })?;
     } else {
         let mut text = format!(
             "baseline is now {} ({}): {}\n",
@@ -109,199 +157,473 @@ fn report_change(globals: &Globals, changed: &BaselineChanged) -> Result<u8, Ctl
     Ok(0)
 }
 
-/// Without a daemon: the same lockout guard and write path, with a warning.
+/// Without a daemon: the same lockout guard and write path; one line on stderr says it was
+/// written directly, once the write is done (not when the guard refuses).
 fn write_directly(
     globals: &Globals,
     policy: &Policy,
     swappiness: Option<u64>,
     force: bool,
+    expected: &[overcommitd::Expectation],
 ) -> Result<u8, CtlError> {
-    eprintln!(
-        "overcommitctl: warning: overcommitd is not reachable at {}; writing the kernel directly (nothing will restore it)",
-        globals.socket.display()
-    );
     let proc_root = globals.proc_root();
     let node = proc_root.node()?;
     let margin = load_config(globals).map_or(DaemonSettings::default().lockout_margin, |c| {
         c.daemon.lockout_margin
     });
-    if let Some(risk) = node.lockout_risk(policy, margin) {
-        if !force {
-            return Err(risk.into());
-        }
-        eprintln!("overcommitctl: warning: lockout guard overridden with --force");
-    }
+    let overridden = match node.lockout_risk(policy, margin) {
+        Some(risk) if !force => return Err(risk.into()),
+        Some(_) => "; the lockout guard was overridden with --force",
+        None => "",
+    };
     let (before, after) = proc_root.write_policy(policy)?;
     if let Some(value) = swappiness {
         proc_root.write_knob(Knob::Swappiness, value)?;
     }
-    let changed = DirectChange {
-        policy: *policy,
-        before: KernelPolicy::from(&before),
-        after: KernelPolicy::from(&after),
+    let behind = if expected.is_empty() {
+        "nothing will restore it".to_string()
+    } else {
+        format!(
+            "--direct: overcommitd ({}) will see this as drift",
+            overcommitd::describe(expected)
+        )
     };
+    eprintln!(
+        "overcommitctl: overcommitd does not answer at {}: wrote the kernel directly ({behind}{overridden})",
+        globals.socket.display()
+    );
+    let (before, after) = (KernelPolicy::from(&before), KernelPolicy::from(&after));
     if globals.json {
-        print_json(&changed)?;
+        print_json(&ChangeReport {
+            via: Via::Direct,
+            baseline: None,
+            effective: *policy,
+            before,
+            after,
+        })?;
     } else {
         print_text(&format!(
-            "  kernel before  {}\n  kernel after   {}\n",
-            changed.before, changed.after
+            "  kernel before  {before}\n  kernel after   {after}\n"
         ))?;
     }
     Ok(0)
 }
 
-#[derive(Serialize)]
-struct DirectChange {
-    policy: Policy,
-    before: KernelPolicy,
-    after: KernelPolicy,
+/// Where the profiles came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Source {
+    /// The profiles overcommitd has loaded.
+    Daemon,
+    /// The configuration file (overcommitd does not answer).
+    ConfigFile,
 }
 
-/// One comparison of `verify` or one change of `apply --check`.
-#[derive(Debug, Serialize)]
-pub struct Check {
-    pub item: String,
-    pub expected: String,
-    pub actual: String,
-    pub ok: bool,
+/// How the configuration on disk compares with what overcommitd has loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum DiskState {
+    /// The profiles on disk are those loaded.
+    Same,
+    /// They differ: `systemctl reload overcommitd` to apply them.
+    Differs,
+    /// The file does not load; overcommitd keeps what it has.
+    Unreadable,
+    /// The file itself was read: there is nothing to compare.
+    Read,
 }
 
-/// Compares the kernel with what a profile (or the daemon) expects.
-fn compare(
-    node: &Node,
-    policy: Option<&Policy>,
-    swappiness: Option<u64>,
-    min_swap: Option<u64>,
-    mode_only: Option<crate::model::Mode>,
-) -> Vec<Check> {
-    let t = &node.tunables;
-    let mut checks = Vec::new();
-    let mut check = |item: &str, expected: String, actual: String| {
-        let ok = expected == actual;
-        checks.push(Check {
-            item: item.into(),
-            expected,
-            actual,
-            ok,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Difference {
+    Added,
+    Removed,
+    Changed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct DiskChange {
+    profile: String,
+    change: Difference,
+}
+
+/// The profiles as overcommitd has them (when it answers) or as the file says, and how the
+/// file on disk compares.
+struct Loaded {
+    source: Source,
+    /// The baseline's name: the daemon's current one, or the configured one.
+    baseline: Option<String>,
+    profiles: Vec<Profile>,
+    disk: DiskState,
+    changed_on_disk: Vec<DiskChange>,
+    disk_error: Option<String>,
+    daemon: Option<DaemonView>,
+}
+
+/// What overcommitd says about itself when it answers (what the command asked for).
+#[derive(Default)]
+struct DaemonView {
+    status: Option<DaemonStatus>,
+    leases: Option<LeaseList>,
+}
+
+/// What a command asks overcommitd besides its profiles.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// Only the profiles: `status` would make the daemon look for drift and enforce it first,
+    /// which `verify PROFILE` must see, not hide.
+    Profiles,
+    /// Its status too (the effective policy; drift is handled before it answers).
+    Status,
+    /// Its status and the live leases (what `apply` would leave in force).
+    StatusAndLeases,
+}
+
+/// Asks overcommitd on one connection; `None` when it does not answer.
+fn ask_daemon(globals: &Globals, ask: Ask) -> Result<Option<(DaemonView, ProfileList)>, CtlError> {
+    let mut client = match Client::connect(&globals.socket) {
+        Ok(client) => client,
+        Err(ClientError::Unreachable { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut view = DaemonView::default();
+    if !matches!(ask, Ask::Profiles) {
+        view.status = Some(client.call(&Request::Status)?);
+    }
+    let profiles: ProfileList = client.call(&Request::Profiles)?;
+    if matches!(ask, Ask::StatusAndLeases) {
+        view.leases = Some(client.call(&Request::Leases)?);
+    }
+    Ok(Some((view, profiles)))
+}
+
+fn loaded_profiles(globals: &Globals, ask: Ask) -> Result<Loaded, CtlError> {
+    let Some((view, list)) = ask_daemon(globals, ask)? else {
+        let config = load_config(globals)?;
+        return Ok(Loaded {
+            source: Source::ConfigFile,
+            baseline: config.daemon.baseline.clone(),
+            profiles: config.profiles.into_values().collect(),
+            disk: DiskState::Read,
+            changed_on_disk: Vec::new(),
+            disk_error: None,
+            daemon: None,
         });
     };
-    let mode = policy.map(|p| p.mode).or(mode_only);
-    if let Some(mode) = mode {
-        check(
-            "vm.overcommit_memory",
-            format!("{} ({})", mode, mode.number()),
-            format!("{} ({})", t.overcommit_memory, t.overcommit_memory.number()),
-        );
+    let (disk, changed_on_disk, disk_error) = match Config::load(&globals.config) {
+        Ok(config) => {
+            let changes = compare_profiles(&list.profiles, &config);
+            let state = if changes.is_empty() {
+                DiskState::Same
+            } else {
+                DiskState::Differs
+            };
+            (state, changes, None)
+        }
+        Err(e) => (DiskState::Unreadable, Vec::new(), Some(e.to_string())),
+    };
+    Ok(Loaded {
+        source: Source::Daemon,
+        baseline: list.baseline,
+        profiles: list.profiles,
+        disk,
+        changed_on_disk,
+        disk_error,
+        daemon: Some(view),
+    })
+}
+
+/// What differs between the loaded profiles and those of `disk` (what a reload would change).
+fn compare_profiles(loaded: &[Profile], disk: &Config) -> Vec<DiskChange> {
+    let same = |a: &Profile, b: &Profile| {
+        (a.mode, a.limit, a.swappiness, a.min_swap, &a.description)
+            == (b.mode, b.limit, b.swappiness, b.min_swap, &b.description)
+    };
+    let mut changes = Vec::new();
+    for profile in loaded {
+        match disk.profile(&profile.name) {
+            None => changes.push(DiskChange {
+                profile: profile.name.clone(),
+                change: Difference::Removed,
+            }),
+            Some(on_disk) if !same(profile, on_disk) => changes.push(DiskChange {
+                profile: profile.name.clone(),
+                change: Difference::Changed,
+            }),
+            Some(_) => {}
+        }
     }
-    if let Some(policy) = policy {
-        let expected = t.with_policy(policy);
-        check(
+    for name in disk.profiles.keys() {
+        if !loaded.iter().any(|p| &p.name == name) {
+            changes.push(DiskChange {
+                profile: name.clone(),
+                change: Difference::Added,
+            });
+        }
+    }
+    changes
+}
+
+impl Loaded {
+    fn find(&self, name: &str) -> Result<&Profile, CtlError> {
+        find_profile(&self.profiles, name).map_err(|e| match e {
+            CtlError::NoProfile { name, known, .. }
+                if self
+                    .changed_on_disk
+                    .iter()
+                    .any(|c| c.profile == name && c.change == Difference::Added) =>
+            {
+                CtlError::NoProfile {
+                    name,
+                    known,
+                    note: ": it is in the file on disk but overcommitd has not loaded it (`systemctl reload overcommitd` to apply)".into(),
+                }
+            }
+            other => other,
+        })
+    }
+
+    /// One line about the file on disk, when it matters.
+    fn disk_note(&self) -> Option<String> {
+        match self.disk {
+            DiskState::Differs => Some(format!(
+                "the configuration on disk differs from what overcommitd has loaded ({}): `systemctl reload overcommitd` to apply",
+                self.changed_on_disk
+                    .iter()
+                    .map(|c| format!(
+                        "{} {}",
+                        c.profile,
+                        match c.change {
+                            Difference::Added => "added",
+                            Difference::Removed => "removed",
+                            Difference::Changed => "changed",
+                        }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            DiskState::Unreadable => Some(format!(
+                "the configuration on disk does not load ({}); overcommitd keeps what it has loaded",
+                self.disk_error.as_deref().unwrap_or("?")
+            )),
+            DiskState::Same | DiskState::Read => None,
+        }
+    }
+
+    fn with_note(&self, mut text: String) -> String {
+        if let Some(note) = self.disk_note() {
+            text.push_str(&format!("{} {note}\n", paint(WARN, "note:")));
+        }
+        text
+    }
+}
+
+fn find_profile<'a>(profiles: &'a [Profile], name: &str) -> Result<&'a Profile, CtlError> {
+    profiles
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| CtlError::NoProfile {
+            name: name.to_string(),
+            known: profiles
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            note: String::new(),
+        })
+}
+
+/// How a check compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Comparison {
+    Equal,
+    AtLeast,
+}
+
+/// One comparison of `verify`: a sysctl (or SwapTotal) as expected and as the kernel has it.
+#[derive(Debug, Serialize)]
+struct Check {
+    key: &'static str,
+    expected: i64,
+    actual: i64,
+    comparison: Comparison,
+    ok: bool,
+}
+
+impl Check {
+    fn equal(key: &'static str, expected: i64, actual: i64) -> Check {
+        Check {
+            key,
+            expected,
+            actual,
+            comparison: Comparison::Equal,
+            ok: expected == actual,
+        }
+    }
+
+    /// The values for people: modes by name, sizes in binary units.
+    fn show(&self, value: i64) -> String {
+        match self.key {
+            "vm.overcommit_memory" => {
+                Mode::from_number(value).map_or(value.to_string(), |m| format!("{m} ({value})"))
+            }
+            "swap_total_bytes" => HumanBytes(value.max(0) as u64).to_string(),
+            _ => value.to_string(),
+        }
+    }
+}
+
+/// What the kernel should hold.
+struct Expected {
+    /// `None`: the profile names no ratio/kbytes, so only the mode is compared.
+    policy: Option<Policy>,
+    mode: Mode,
+    swappiness: Option<u64>,
+    min_swap: Option<u64>,
+}
+
+impl Expected {
+    fn of_profile(profile: &Profile) -> Expected {
+        Expected {
+            policy: profile.limit.map(|limit| Policy {
+                mode: profile.mode,
+                limit,
+            }),
+            mode: profile.mode,
+            swappiness: profile.swappiness,
+            min_swap: profile.min_swap,
+        }
+    }
+}
+
+/// Compares the kernel with what is expected.
+fn compare(node: &Node, expected: &Expected) -> Vec<Check> {
+    let t = &node.tunables;
+    let number = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut checks = vec![Check::equal(
+        "vm.overcommit_memory",
+        i64::from(expected.mode.number()),
+        i64::from(t.overcommit_memory.number()),
+    )];
+    if let Some(policy) = &expected.policy {
+        let want = t.with_policy(policy);
+        checks.push(Check::equal(
             "vm.overcommit_ratio",
-            expected.overcommit_ratio.to_string(),
-            t.overcommit_ratio.to_string(),
-        );
-        check(
+            want.overcommit_ratio,
+            t.overcommit_ratio,
+        ));
+        checks.push(Check::equal(
             "vm.overcommit_kbytes",
-            expected.overcommit_kbytes.to_string(),
-            t.overcommit_kbytes.to_string(),
-        );
+            number(want.overcommit_kbytes),
+            number(t.overcommit_kbytes),
+        ));
     }
-    if let Some(value) = swappiness {
-        check("vm.swappiness", value.to_string(), t.swappiness.to_string());
+    if let Some(value) = expected.swappiness {
+        checks.push(Check::equal(
+            "vm.swappiness",
+            number(value),
+            number(t.swappiness),
+        ));
     }
-    if let Some(min) = min_swap {
-        let ok = node.memory.swap_total >= min;
+    if let Some(min) = expected.min_swap {
         checks.push(Check {
-            item: "SwapTotal".into(),
-            expected: format!(">= {}", HumanBytes(min)),
-            actual: HumanBytes(node.memory.swap_total).to_string(),
-            ok,
+            key: "swap_total_bytes",
+            expected: number(min),
+            actual: number(node.memory.swap_total),
+            comparison: Comparison::AtLeast,
+            ok: node.memory.swap_total >= min,
         });
     }
     checks
 }
 
+/// What `verify` compared the kernel with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum AgainstKind {
+    /// A profile named on the command line.
+    Profile,
+    /// overcommitd's effective policy (its baseline and the live leases).
+    Daemon,
+    /// The baseline named in the configuration file (overcommitd does not answer).
+    ConfiguredBaseline,
+}
+
+#[derive(Debug, Serialize)]
+struct Against {
+    kind: AgainstKind,
+    /// The profile or baseline name.
+    name: String,
+    /// Live leases (against the daemon only).
+    leases: Option<usize>,
+}
+
 #[derive(Debug, Serialize)]
 struct VerifyReport {
-    /// What the kernel was compared with.
-    against: String,
+    against: Against,
+    source: Source,
     in_line: bool,
     checks: Vec<Check>,
+    config_on_disk: DiskState,
+    changed_on_disk: Vec<DiskChange>,
 }
 
 /// `verify [PROFILE]`: exit 0 in line, 1 drift.
 pub fn verify(globals: &Globals, profile: Option<&str>) -> Result<u8, CtlError> {
-    // The daemon is asked first: it looks for drift (and may enforce) before it answers.
-    let daemon = match profile {
-        Some(_) => None,
-        None => match client::call::<DaemonStatus>(&globals.socket, &Request::Status) {
-            Ok(status) => Some(status),
-            Err(ClientError::Unreachable { .. }) => None,
-            Err(e) => return Err(e.into()),
-        },
+    let ask = match profile {
+        Some(_) => Ask::Profiles,
+        None => Ask::Status,
     };
+    let loaded = loaded_profiles(globals, ask)?;
     let node = globals.proc_root().node()?;
-    let (against, checks) = match profile {
-        Some(name) => {
-            let config = load_config(globals)?;
-            let profile = find_profile(&config, name)?;
-            let policy = profile.limit.map(|limit| Policy {
-                mode: profile.mode,
-                limit,
-            });
+    let daemon_status = loaded.daemon.as_ref().and_then(|d| d.status.as_ref());
+    let (against, expected) = match (profile, daemon_status) {
+        (Some(name), _) => {
+            let profile = loaded.find(name)?;
             (
-                format!("profile {name}"),
-                compare(
-                    &node,
-                    policy.as_ref(),
-                    profile.swappiness,
-                    profile.min_swap,
-                    Some(profile.mode),
-                ),
+                Against {
+                    kind: AgainstKind::Profile,
+                    name: name.to_string(),
+                    leases: None,
+                },
+                Expected::of_profile(profile),
             )
         }
-        None => match daemon {
-            Some(status) => (
-                format!(
-                    "overcommitd's effective policy (baseline {} and {} lease(s))",
-                    status.baseline.name, status.leases
-                ),
-                compare(
-                    &node,
-                    Some(&status.effective),
-                    status.baseline.swappiness,
-                    None,
-                    None,
-                ),
-            ),
-            None => {
-                let config = load_config(globals)?;
-                let profile = config.baseline_profile().ok_or(CtlError::NothingToVerify)?;
-                let policy = profile.limit.map(|limit| Policy {
-                    mode: profile.mode,
-                    limit,
-                });
-                (
-                    format!(
-                        "the configured baseline {} (overcommitd is not running)",
-                        profile.name
-                    ),
-                    compare(
-                        &node,
-                        policy.as_ref(),
-                        profile.swappiness,
-                        profile.min_swap,
-                        Some(profile.mode),
-                    ),
-                )
-            }
-        },
+        (None, Some(status)) => (
+            Against {
+                kind: AgainstKind::Daemon,
+                name: status.baseline.name.clone(),
+                leases: Some(status.leases),
+            },
+            Expected {
+                policy: Some(status.effective),
+                mode: status.effective.mode,
+                swappiness: status.baseline.swappiness,
+                min_swap: None,
+            },
+        ),
+        (None, None) => {
+            let name = loaded.baseline.clone().ok_or(CtlError::NothingToVerify)?;
+            let profile = loaded.find(&name)?;
+            (
+                Against {
+                    kind: AgainstKind::ConfiguredBaseline,
+                    name,
+                    leases: None,
+                },
+                Expected::of_profile(profile),
+            )
+        }
     };
+    let checks = compare(&node, &expected);
     let report = VerifyReport {
         in_line: checks.iter().all(|c| c.ok),
         against,
+        source: loaded.source,
         checks,
+        config_on_disk: loaded.disk,
+        changed_on_disk: loaded.changed_on_disk.clone(),
     };
     if globals.json {
         print_json(&report)?;
@@ -311,7 +633,19 @@ pub fn verify(globals: &Globals, profile: Option<&str>) -> Result<u8, CtlError> 
         } else {
             paint(BAD, "DRIFT")
         };
-        let mut text = format!("verify against {}: {verdict}\n", report.against);
+        let against = match report.against.kind {
+            AgainstKind::Profile => format!("profile {}", report.against.name),
+            AgainstKind::Daemon => format!(
+                "overcommitd's effective policy (baseline {} and {} lease(s))",
+                report.against.name,
+                report.against.leases.unwrap_or(0)
+            ),
+            AgainstKind::ConfiguredBaseline => format!(
+                "the configured baseline {} (overcommitd is not running)",
+                report.against.name
+            ),
+        };
+        let mut text = format!("verify against {against}: {verdict}\n");
         let mut section = Section::new("");
         for c in &report.checks {
             let mark = if c.ok {
@@ -319,14 +653,18 @@ pub fn verify(globals: &Globals, profile: Option<&str>) -> Result<u8, CtlError> 
             } else {
                 paint(BAD, "differs")
             };
+            let expected = match c.comparison {
+                Comparison::Equal => format!("expected {}", c.show(c.expected)),
+                Comparison::AtLeast => format!("expected >= {}", c.show(c.expected)),
+            };
             section.row(
-                &c.item,
-                format!("expected {}", c.expected),
-                format!("kernel {}  {mark}", c.actual),
+                c.key,
+                expected,
+                format!("kernel {}  {mark}", c.show(c.actual)),
             );
         }
         text.push_str(&section.to_string());
-        print_text(&text)?;
+        print_text(&loaded.with_note(text))?;
     }
     Ok(if report.in_line { 0 } else { 1 })
 }
@@ -334,8 +672,15 @@ pub fn verify(globals: &Globals, profile: Option<&str>) -> Result<u8, CtlError> 
 #[derive(Debug, Serialize)]
 struct ApplyCheck {
     profile: String,
+    source: Source,
     would_change: bool,
+    /// The baseline the profile makes (with the limit it keeps when it names none).
+    baseline_policy: Policy,
+    /// What the kernel would hold: the baseline, or a live lease's more permissive policy.
+    effective_policy: Policy,
     changes: Vec<Change>,
+    config_on_disk: DiskState,
+    changed_on_disk: Vec<DiskChange>,
 }
 
 #[derive(Debug, Serialize)]
@@ -347,10 +692,35 @@ struct Change {
 
 /// `apply PROFILE --check`: what applying would write; exit 0 nothing, 1 changes.
 pub fn apply_check(globals: &Globals, name: &str) -> Result<u8, CtlError> {
-    let config = load_config(globals)?;
-    let profile = find_profile(&config, name)?;
-    let kernel = globals.proc_root().read_tunables()?;
-    let policy = profile.policy(kernel.limit_clamped());
+    let loaded = loaded_profiles(globals, Ask::StatusAndLeases)?;
+    let profile = loaded.find(name)?;
+    let node = globals.proc_root().node()?;
+    let kernel = node.tunables;
+    let (baseline, effective) = match &loaded.daemon {
+        Some(view) => {
+            // overcommitd keeps the limit it found at its start, and leases stay in force.
+            let found = view.status.as_ref().and_then(|s| s.found);
+            let fallback = found.map_or(kernel.limit_clamped(), |found| {
+                Tunables {
+                    overcommit_ratio: found.ratio,
+                    overcommit_kbytes: found.kbytes,
+                    ..kernel
+                }
+                .limit_clamped()
+            });
+            let baseline = profile.policy(fallback);
+            let leases = view
+                .leases
+                .iter()
+                .flat_map(|l| &l.leases)
+                .map(|l| &l.policy);
+            (baseline, effective_policy(&node, &baseline, leases))
+        }
+        None => {
+            let baseline = profile.policy(kernel.limit_clamped());
+            (baseline, baseline)
+        }
+    };
     let current = |knob: Knob| match knob {
         Knob::OvercommitMemory => i64::from(kernel.overcommit_memory.number()),
         Knob::OvercommitRatio => kernel.overcommit_ratio,
@@ -358,7 +728,7 @@ pub fn apply_check(globals: &Globals, name: &str) -> Result<u8, CtlError> {
         Knob::Swappiness => kernel.swappiness as i64,
         _ => 0,
     };
-    let mut changes: Vec<Change> = write_plan(&kernel, &policy)
+    let mut changes: Vec<Change> = write_plan(&kernel, &effective)
         .into_iter()
         .map(|(knob, to)| Change {
             key: knob.sysctl_key(),
@@ -375,52 +745,107 @@ pub fn apply_check(globals: &Globals, name: &str) -> Result<u8, CtlError> {
     }
     let report = ApplyCheck {
         profile: name.to_string(),
+        source: loaded.source,
         would_change: !changes.is_empty(),
+        baseline_policy: baseline,
+        effective_policy: effective,
         changes,
+        config_on_disk: loaded.disk,
+        changed_on_disk: loaded.changed_on_disk.clone(),
     };
     if globals.json {
         print_json(&report)?;
-    } else if report.changes.is_empty() {
-        print_text(&format!(
-            "apply {name}: {}\n",
-            paint(GOOD, "nothing to change")
-        ))?;
     } else {
-        let mut text = format!(
-            "apply {name} {} (in this order):\n",
-            paint(WARN, "would write")
-        );
-        for change in &report.changes {
+        let from = match loaded.source {
+            Source::Daemon => "as overcommitd has it loaded",
+            Source::ConfigFile => "from the configuration file; overcommitd does not answer",
+        };
+        let mut text = if report.changes.is_empty() {
+            format!(
+                "apply {name} ({from}): {}\n",
+                paint(GOOD, "nothing to change")
+            )
+        } else {
+            let mut text = format!(
+                "apply {name} ({from}) {} (in this order):\n",
+                paint(WARN, "would write")
+            );
+            for change in &report.changes {
+                text.push_str(&format!(
+                    "  {}  {} -> {}\n",
+                    change.key, change.from, change.to
+                ));
+            }
+            text
+        };
+        if effective != baseline {
             text.push_str(&format!(
-                "  {}  {} -> {}\n",
-                change.key, change.from, change.to
+                "  {}\n",
+                paint(
+                    DIM,
+                    format!("baseline {baseline}; leases keep {effective} in force until they end")
+                )
             ));
         }
-        print_text(&text)?;
+        print_text(&loaded.with_note(text))?;
     }
     Ok(if report.would_change { 1 } else { 0 })
 }
 
-/// `profiles`: the configured profiles (as the daemon has them when it runs).
+/// A profile in `profiles --json`.
+#[derive(Debug, Serialize)]
+struct ProfileView<'a> {
+    name: &'a str,
+    description: Option<&'a str>,
+    mode: Mode,
+    /// `None`: the profile keeps the limit overcommitd found.
+    limit: Option<Limit>,
+    swappiness: Option<u64>,
+    min_swap_bytes: Option<u64>,
+    file: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ProfilesReport<'a> {
+    source: Source,
+    baseline: Option<&'a str>,
+    profiles: Vec<ProfileView<'a>>,
+    config_on_disk: DiskState,
+    changed_on_disk: &'a [DiskChange],
+}
+
+/// `profiles`: the profiles (as the daemon has them loaded when it runs).
 pub fn profiles(globals: &Globals) -> Result<u8, CtlError> {
-    let list = match client::call::<ProfileList>(&globals.socket, &Request::Profiles) {
-        Ok(list) => list,
-        Err(ClientError::Unreachable { .. }) => {
-            let config = load_config(globals)?;
-            ProfileList {
-                baseline: config.daemon.baseline.clone(),
-                profiles: config.profiles.into_values().collect(),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let loaded = loaded_profiles(globals, Ask::Profiles)?;
     if globals.json {
-        print_json(&list)?;
+        print_json(&ProfilesReport {
+            source: loaded.source,
+            baseline: loaded.baseline.as_deref(),
+            profiles: loaded
+                .profiles
+                .iter()
+                .map(|p| ProfileView {
+                    name: &p.name,
+                    description: p.description.as_deref(),
+                    mode: p.mode,
+                    limit: p.limit,
+                    swappiness: p.swappiness,
+                    min_swap_bytes: p.min_swap,
+                    file: p.file.display().to_string(),
+                })
+                .collect(),
+            config_on_disk: loaded.disk,
+            changed_on_disk: &loaded.changed_on_disk,
+        })?;
         return Ok(0);
     }
-    let mut section = Section::new("Profiles");
-    for p in &list.profiles {
-        let name = if list.baseline.as_deref() == Some(p.name.as_str()) {
+    let title = match loaded.source {
+        Source::Daemon => "Profiles (as overcommitd has them loaded)",
+        Source::ConfigFile => "Profiles (from the configuration file; overcommitd does not answer)",
+    };
+    let mut section = Section::new(title);
+    for p in &loaded.profiles {
+        let name = if loaded.baseline.as_deref() == Some(p.name.as_str()) {
             format!("{} {}", p.name, paint(GOOD, "(baseline)"))
         } else {
             p.name.clone()
@@ -437,6 +862,6 @@ pub fn profiles(globals: &Globals) -> Result<u8, CtlError> {
         }
         section.row(name, policy, p.description.clone().unwrap_or_default());
     }
-    print_text(&section.to_string())?;
+    print_text(&loaded.with_note(section.to_string()))?;
     Ok(0)
 }

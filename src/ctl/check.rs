@@ -3,11 +3,12 @@
 
 use serde::Serialize;
 
-use crate::cli::CheckArgs;
-use crate::kernel::{self, ProcRoot};
+use crate::cli::{AllocVia, CheckArgs};
+use crate::kernel::{self, Libc, ProcRoot};
+use crate::malloc::{self, AllocPath, Allocation, MallocState};
 use crate::model::{Limit, Mode, Node, Policy};
 use crate::output::{paint, Section, BAD, DIM, GOOD, HEADING, WARN};
-use crate::predict::{self, Prediction, Process, Remedy, RlimitKind, Rule, Verdict};
+use crate::predict::{Note, Prediction, Process, Remedy, RlimitKind, Rule, Verdict};
 use crate::size::{Grouped, HumanBytes};
 
 use super::CtlError;
@@ -17,27 +18,64 @@ use super::CtlError;
 pub struct CheckReport {
     #[serde(flatten)]
     pub prediction: Prediction,
+    /// How the request reaches the kernel (glibc malloc's mmap, then brk; or one mmap).
+    pub allocation: Allocation,
     /// True when --mode/--ratio/--kbytes/--swap-total changed the node for this answer.
     pub hypothetical: bool,
     pub mem_total_bytes: u64,
     pub swap_total_bytes: u64,
     pub commit_limit_bytes: u64,
     pub process: Process,
+    /// The process asked about with --pid.
+    pub pid: Option<i32>,
     #[serde(skip)]
     node: Node,
 }
 
+/// Flags that change nothing in the context they are given in are errors, naming what would.
+fn refuse_inert_flags(args: &CheckArgs, mode: Mode) -> Result<(), CtlError> {
+    if args.dtype.is_some() && args.shape.is_none() {
+        return Err(CtlError::Usage(
+            "--dtype describes the elements of --shape: give --shape DIMS with it (SIZE is already in bytes)".into(),
+        ));
+    }
+    let limit_flag = match (args.hypothetical.ratio, args.hypothetical.kbytes) {
+        (Some(_), _) => Some("--ratio"),
+        (None, Some(_)) => Some("--kbytes"),
+        (None, None) => None,
+    };
+    if let (Some(flag), true) = (limit_flag, mode != Mode::Never) {
+        let whose = if args.hypothetical.mode.is_some() {
+            "the mode given"
+        } else {
+            "the live mode"
+        };
+        return Err(CtlError::Usage(format!(
+            "{flag} has no effect in mode {mode} ({whose}): only mode never has a commit limit; add --mode never to ask about one"
+        )));
+    }
+    if args.swap_total.is_some() && mode == Mode::Always {
+        return Err(CtlError::Usage(
+            "--swap-total has no effect in mode always (the kernel does not check): give --mode heuristic or never with it".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl CheckReport {
     pub fn gather(proc_root: &ProcRoot, args: &CheckArgs) -> Result<CheckReport, CtlError> {
+        let live = proc_root.node()?;
+        let hypothetical = &args.hypothetical;
+        let mode = hypothetical.mode.unwrap_or(live.tunables.overcommit_memory);
+        refuse_inert_flags(args, mode)?;
         let bytes = match (&args.shape, args.size) {
-            (Some(shape), _) => crate::dtype::array_bytes(shape, &args.dtype)?,
+            (Some(shape), _) => {
+                crate::dtype::array_bytes(shape, args.dtype.as_deref().unwrap_or("float64"))?
+            }
             (None, Some(size)) => size,
             (None, None) => return Err(CtlError::Usage("give a SIZE or --shape".into())),
         };
-        let live = proc_root.node()?;
         let mut node = live.clone();
-        let mut notes = Vec::new();
-        let hypothetical = &args.hypothetical;
         if hypothetical.mode.is_some()
             || hypothetical.ratio.is_some()
             || hypothetical.kbytes.is_some()
@@ -47,14 +85,6 @@ impl CheckReport {
                 (None, Some(k)) => Limit::Kbytes(k),
                 (None, None) => live.tunables.limit_clamped(),
             };
-            let mode = hypothetical.mode.unwrap_or(live.tunables.overcommit_memory);
-            if mode != Mode::Never
-                && (hypothetical.ratio.is_some() || hypothetical.kbytes.is_some())
-            {
-                notes.push(format!(
-                    "--ratio/--kbytes have no effect in mode {mode}: add --mode never"
-                ));
-            }
             node = node.with_policy(&Policy { mode, limit });
         }
         if let Some(swap) = args.swap_total {
@@ -66,7 +96,13 @@ impl CheckReport {
             privileged: nix::unistd::geteuid().is_root(),
             ..Process::default()
         };
+        let mut malloc_state = MallocState::glibc_defaults();
+        let mut notes = Vec::new();
+        let mut via = args.via;
         if let Some(pid) = args.pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(CtlError::NoProcess(pid));
+            }
             let info = kernel::process_info(pid)?;
             process = Process {
                 privileged: info.cap_sys_admin,
@@ -78,6 +114,42 @@ impl CheckReport {
                 memory_max: info.memory_max,
                 largest_gap: Some(info.largest_gap),
             };
+            if via == AllocVia::Malloc {
+                let heap = kernel::process_heap(pid)?;
+                if heap.libc == Libc::Musl {
+                    notes.push(Note::new(
+                        "malloc_not_glibc",
+                        format!("process {pid} uses musl, whose malloc maps large requests and has no brk fallback: one mmap is checked"),
+                    ));
+                    via = AllocVia::Mmap;
+                }
+                malloc_state = malloc_state.with_environment(
+                    heap.malloc_env
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                match heap.chunks {
+                    Some(chunks) => {
+                        malloc_state = malloc_state.with_heap(chunks.top, chunks.largest_free, heap.room_above);
+                    }
+                    None => notes.push(Note::new(
+                        "heap_unreadable",
+                        format!("the heap of process {pid} could not be read (/proc/{pid}/mem needs root or the same user): the free space at its top is assumed, not known"),
+                    )),
+                }
+                if heap.libc == Libc::Unknown {
+                    notes.push(Note::new(
+                        "malloc_assumed_glibc",
+                        format!("no C library is mapped in process {pid} (static or not C): glibc's malloc is assumed; --via mmap asks about one mapping"),
+                    ));
+                }
+                if info.threads > 1 {
+                    notes.push(Note::new(
+                        "malloc_threads",
+                        format!("process {pid} has {} threads: an allocation from a thread other than the main one uses another malloc arena, which has no brk fallback", info.threads),
+                    ));
+                }
+            }
         }
         if args.user {
             process.privileged = false;
@@ -89,14 +161,19 @@ impl CheckReport {
             process.vm_size = Some(size);
         }
 
-        let mut prediction = predict::predict(&node, &process, bytes);
+        let (mut prediction, allocation) = match via {
+            AllocVia::Malloc => malloc::predict_malloc(&node, &process, bytes, &malloc_state),
+            AllocVia::Mmap => malloc::predict_mmap(&node, &process, bytes),
+        };
         prediction.notes.extend(notes);
         Ok(CheckReport {
+            allocation,
             hypothetical: is_hypothetical,
             mem_total_bytes: node.memory.mem_total,
             swap_total_bytes: node.memory.swap_total,
             commit_limit_bytes: node.memory.commit_limit,
             process,
+            pid: args.pid,
             prediction,
             node,
         })
@@ -146,6 +223,31 @@ impl CheckReport {
                 Grouped(p.request_bytes.div_ceil(self.node.page_size))
             ),
         );
+        let a = &self.allocation;
+        let path = match a.path {
+            AllocPath::Heap => {
+                "from free space the process's malloc already holds (no system call)"
+            }
+            AllocPath::Mmap => "by a mapping of its own (mmap)",
+            AllocPath::Brk => "by growing the heap (brk), after malloc's mmap",
+            AllocPath::Varies => "by mmap or by brk, depending on what is not known",
+            AllocPath::None => "by no path: mmap and brk are both refused",
+        };
+        let asks = match (a.brk_min_bytes, a.brk_max_bytes) {
+            (Some(low), Some(high)) if low == high => format!(
+                "malloc: mmap {} B, then brk {} B",
+                Grouped(a.mmap_bytes),
+                Grouped(high)
+            ),
+            (Some(low), Some(high)) => format!(
+                "malloc: mmap {} B, then brk {}..{} B",
+                Grouped(a.mmap_bytes),
+                Grouped(low),
+                Grouped(high)
+            ),
+            _ => format!("one mmap of {} B", Grouped(a.mmap_bytes)),
+        };
+        why.row("path", asks, path);
         match p.rule {
             Rule::Heuristic => {
                 why.row(
@@ -216,7 +318,7 @@ impl CheckReport {
             out.push_str(&paint(HEADING, "Notes"));
             out.push('\n');
             for note in &p.notes {
-                out.push_str(&format!("  - {note}\n"));
+                out.push_str(&format!("  - {}\n", note.message));
             }
         }
         out

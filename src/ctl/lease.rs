@@ -9,28 +9,43 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
+use serde::Serialize;
+
 use crate::cli::LeaseOptions;
 use crate::client;
-use crate::model::Mode;
+use crate::model::{Mode, Policy};
 use crate::output::{paint, DIM, HEADING};
 use crate::protocol::{
     LeaseGranted, LeaseInfo, LeaseList, LeaseRequest, PolicyRequest, Released, Request,
 };
 
-use super::{print_json, print_text, CtlError, Globals};
+use super::{json_line, print_json, print_text, CtlError, Globals};
 
-fn lease_request(options: &LeaseOptions, hold: bool) -> Request {
-    Request::Lease(LeaseRequest {
+/// The lease request for `options`; a ratio or kbytes for a mode that has no commit limit is
+/// refused here (the daemon would keep the baseline's limit, so the flag would do nothing).
+fn lease_request(options: &LeaseOptions, hold: bool) -> Result<Request, CtlError> {
+    let mode = options.policy.mode.unwrap_or(Mode::Always);
+    let flag = match (options.policy.ratio, options.policy.kbytes) {
+        (Some(_), _) => Some("--ratio"),
+        (None, Some(_)) => Some("--kbytes"),
+        (None, None) => None,
+    };
+    if let (Some(flag), true) = (flag, mode != Mode::Never) {
+        return Err(CtlError::Usage(format!(
+            "{flag} has no effect on a lease for mode {mode}: only mode never has a commit limit (a {mode} lease keeps the baseline's); give --mode never with it, or leave it out"
+        )));
+    }
+    Ok(Request::Lease(LeaseRequest {
         policy: PolicyRequest {
-            mode: options.policy.mode.unwrap_or(Mode::Always),
+            mode,
             ratio: options.policy.ratio.map(i64::from),
             kbytes: options.policy.kbytes,
         },
-        ttl_secs: options.ttl.map(|d| d.as_secs().max(1)),
+        ttl_secs: options.ttl.map(|d| d.as_secs()),
         tag: options.tag.clone(),
         reason: options.reason.clone(),
         hold,
-    })
+    }))
 }
 
 fn time_left(expires_at: u64) -> String {
@@ -41,14 +56,69 @@ fn time_left(expires_at: u64) -> String {
     humantime::format_duration(left).to_string()
 }
 
+/// A lease in `--json` output (docs/json.md).
+#[derive(Debug, Serialize)]
+struct LeaseView<'a> {
+    id: &'a str,
+    owner_uid: u32,
+    owner: &'a str,
+    requester_pid: i32,
+    requester_comm: &'a str,
+    /// The lease's own policy (what it asked for).
+    policy: Policy,
+    holder_pid: Option<i32>,
+    tag: Option<&'a str>,
+    reason: Option<&'a str>,
+    granted_at_unix_secs: u64,
+    expires_at_unix_secs: u64,
+    ttl_secs: u64,
+}
+
+impl<'a> From<&'a LeaseInfo> for LeaseView<'a> {
+    fn from(l: &'a LeaseInfo) -> Self {
+        LeaseView {
+            id: &l.id,
+            owner_uid: l.owner_uid,
+            owner: &l.owner,
+            requester_pid: l.requester_pid,
+            requester_comm: &l.requester_comm,
+            policy: l.policy,
+            holder_pid: l.holder_pid,
+            tag: l.tag.as_deref(),
+            reason: l.reason.as_deref(),
+            granted_at_unix_secs: l.granted_at,
+            expires_at_unix_secs: l.expires_at,
+            ttl_secs: l.expires_at.saturating_sub(l.granted_at),
+        }
+    }
+}
+
+/// `lease --json` and `run --json`'s record: the lease and what is in force on the node.
+#[derive(Debug, Serialize)]
+struct Grant<'a> {
+    lease: LeaseView<'a>,
+    /// The policy in force on the node now: the most permissive of the baseline and every
+    /// live lease. A lease is node-wide: every process on the node runs under it.
+    effective: Policy,
+}
+
+impl<'a> From<&'a LeaseGranted> for Grant<'a> {
+    fn from(g: &'a LeaseGranted) -> Self {
+        Grant {
+            lease: LeaseView::from(&g.lease),
+            effective: g.effective,
+        }
+    }
+}
+
 /// `run [lease options] -- CMD...`: takes a lease held by this process, runs CMD, forwards
 /// the signals sent to us, releases, and exits with CMD's status.
 pub fn run(globals: &Globals, options: &LeaseOptions, command: &[String]) -> Result<u8, CtlError> {
-    let granted: LeaseGranted = client::call(&globals.socket, &lease_request(options, true))?;
+    let granted: LeaseGranted = client::call(&globals.socket, &lease_request(options, true)?)?;
     let lease = &granted.lease;
     // stdout belongs to the command: the grant goes to stderr, as one JSON line with --json.
     if globals.json {
-        eprintln!("{}", serde_json::to_string(&granted)?);
+        eprint!("{}", json_line(&Grant::from(&granted))?);
     } else {
         eprintln!(
             "overcommitctl: running under {} (lease {}, ends with the command or in {})",
@@ -131,24 +201,28 @@ fn release_quietly(globals: &Globals, id: &str) {
     }
 }
 
-/// `lease --ttl D [...]`: prints the lease id (for `release`).
+/// `lease [--ttl D] [...]`: prints the lease id (for `release`).
 pub fn lease(globals: &Globals, options: &LeaseOptions) -> Result<u8, CtlError> {
-    if options.ttl.is_none() {
-        return Err(CtlError::Usage(
-            "`lease` needs --ttl: a lease not bound to a process ends only by its TTL or `release`"
-                .into(),
-        ));
-    }
-    let granted: LeaseGranted = client::call(&globals.socket, &lease_request(options, false))?;
+    let granted: LeaseGranted = client::call(&globals.socket, &lease_request(options, false)?)?;
     if globals.json {
-        print_json(&granted)?;
+        print_json(&Grant::from(&granted))?;
     } else {
-        println!("{}", granted.lease.id);
+        let lease = &granted.lease;
+        println!("{}", lease.id);
+        let in_force = if granted.effective == lease.policy {
+            "in force on the whole node".to_string()
+        } else {
+            format!("in force on the node: {}", granted.effective)
+        };
         eprintln!(
-            "overcommitctl: lease {} granted: {} in force for {}",
-            granted.lease.id,
-            granted.effective,
-            time_left(granted.lease.expires_at)
+            "overcommitctl: lease {} granted: {} for {} ({}); {in_force}",
+            lease.id,
+            lease.policy,
+            time_left(lease.expires_at),
+            lease
+                .tag
+                .as_deref()
+                .map_or("no tag".to_string(), |t| format!("tag {t}")),
         );
     }
     Ok(0)
@@ -173,7 +247,13 @@ pub fn release(globals: &Globals, id: Option<String>, tag: Option<String>) -> Re
 pub fn leases(globals: &Globals) -> Result<u8, CtlError> {
     let list: LeaseList = client::call(&globals.socket, &Request::Leases)?;
     if globals.json {
-        print_json(&list)?;
+        #[derive(Serialize)]
+        struct Leases<'a> {
+            leases: Vec<LeaseView<'a>>,
+        }
+        print_json(&Leases {
+            leases: list.leases.iter().map(LeaseView::from).collect(),
+        })?;
         return Ok(0);
     }
     if list.leases.is_empty() {

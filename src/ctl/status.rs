@@ -3,27 +3,26 @@
 
 use serde::Serialize;
 
-use std::path::Path;
-
 use crate::client;
-use crate::findings::{self, Finding, Severity};
+use crate::config::{Config, DaemonSettings};
+use crate::findings::{self, BootBaseline, Finding, Severity};
 use crate::kernel::{ProcRoot, SwapDevice};
 use crate::model::{Knob, Mode, Node, RawLimit};
 use crate::output::{paint, Section, BAD, DIM, GOOD, WARN};
 use crate::predict::{self, Process, Rule};
 use crate::protocol::{DaemonStatus, Request};
 use crate::size::HumanBytes;
-use crate::sysctl_d::{BootConfig, SysctlSources};
+use crate::sysctl_d::{BootConfig, Origin, SysctlSources};
 
-use super::CtlError;
+use super::{daemon_expected, CtlError, Globals};
 
-/// Everything `status` reports; `--json` prints it as is (bytes, exact).
+/// Everything `status` reports; `--json` prints it as is (bytes, exact; docs/json.md).
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub proc_root: String,
     pub kernel_release: String,
     pub nr_cpus: u32,
-    pub page_size: u64,
+    pub page_size_bytes: u64,
     pub mode: Mode,
     pub mode_number: u8,
     pub overcommit_ratio: i64,
@@ -45,10 +44,15 @@ pub struct StatusReport {
     pub max_map_count: u64,
     pub swappiness: u64,
     pub largest_allocation: Largest,
-    pub boot: BootConfig,
+    pub boot: BootView,
     pub findings: Vec<Finding>,
-    /// overcommitd's view (baseline, effective policy, leases), `None` when it is not running.
+    /// The most severe finding (`None`: nothing to report); critical makes status exit 1.
+    pub worst_severity: Option<Severity>,
+    /// overcommitd's view (baseline, effective policy, leases), `None` when it does not answer.
     pub daemon: Option<DaemonStatus>,
+    /// overcommitd is expected on this node (its configuration exists, or a unit of it is
+    /// enabled or installed).
+    pub daemon_expected: bool,
     pub socket: String,
 }
 
@@ -61,14 +65,61 @@ pub struct Largest {
     pub user_bytes: Option<u64>,
 }
 
+/// What the next boot sets, per key: the sysctl.d setting that wins, and overcommitd's
+/// baseline when it manages the node.
+#[derive(Debug, Serialize)]
+pub struct BootView {
+    pub values: std::collections::BTreeMap<String, BootSetting>,
+    /// Files that could not be read (the boot sources may be incomplete).
+    pub problems: Vec<String>,
+    /// overcommitd's configured baseline, applied whenever it starts (after sysctl.d at boot).
+    pub overcommitd_baseline: Option<BootBaseline>,
+}
+
+/// The winning assignment of one key at boot.
+#[derive(Debug, Serialize)]
+pub struct BootSetting {
+    /// The value as a number; `None` when the file's text is not one.
+    pub value: Option<i64>,
+    /// The value as written.
+    pub text: String,
+    pub file: String,
+    pub line: usize,
+    pub origin: Origin,
+    /// Earlier assignments of the key that this one overrides.
+    pub overrides: usize,
+}
+
+impl BootView {
+    fn new(boot: &BootConfig, overcommitd_baseline: Option<BootBaseline>) -> BootView {
+        BootView {
+            values: boot
+                .values
+                .iter()
+                .map(|(key, v)| {
+                    let setting = BootSetting {
+                        value: v.winner.value.trim().parse().ok(),
+                        text: v.winner.value.clone(),
+                        file: v.winner.file.display().to_string(),
+                        line: v.winner.line,
+                        origin: v.winner.origin,
+                        overrides: v.overridden.len(),
+                    };
+                    (key.clone(), setting)
+                })
+                .collect(),
+            problems: boot.problems.clone(),
+            overcommitd_baseline,
+        }
+    }
+}
+
 impl StatusReport {
-    pub fn gather(
-        proc_root: &ProcRoot,
-        sysctl: &SysctlSources,
-        socket: &Path,
-    ) -> Result<StatusReport, CtlError> {
+    pub fn gather(globals: &Globals, sysctl: &SysctlSources) -> Result<StatusReport, CtlError> {
+        let proc_root = globals.proc_root();
         // Asked first: the daemon looks for drift (and may enforce) before it answers.
-        let daemon = client::call::<DaemonStatus>(socket, &Request::Status).ok();
+        let daemon = client::call::<DaemonStatus>(&globals.socket, &Request::Status).ok();
+        let expected = !daemon_expected(&globals.config, &globals.sysctl_root).is_empty();
         let node = proc_root.node()?;
         let swaps = proc_root.read_swaps()?;
         let release = proc_root.read_release()?;
@@ -80,13 +131,93 @@ impl StatusReport {
         .map(Knob::sysctl_key)
         .to_vec();
         let boot = sysctl.boot_config(&proc_root.read_cmdline(), &keys);
-        let mut report_findings = findings::assess(&node);
-        report_findings.extend(findings::boot_findings(&node, &boot));
+        // The configuration decides the guard's margin (so advice passes it) and, when
+        // overcommitd runs here, the baseline it applies at boot.
+        let config = Config::load(&globals.config).ok();
+        let margin = config
+            .as_ref()
+            .map_or(DaemonSettings::default().lockout_margin, |c| {
+                c.daemon.lockout_margin
+            });
+        let managed = config
+            .as_ref()
+            .filter(|_| expected || daemon.is_some())
+            .and_then(|c| {
+                c.baseline_profile().map(|p| BootBaseline {
+                    profile: p.name.clone(),
+                    mode: p.mode,
+                    limit: p.limit,
+                    config: c.path.clone(),
+                })
+            });
+        let mut report_findings = findings::assess(&node, margin);
+        report_findings.extend(findings::boot_findings(&node, &boot, managed.as_ref()));
+        if expected && daemon.is_none() {
+            report_findings.push(Finding {
+                severity: Severity::Warning,
+                code: "daemon_unreachable",
+                message: format!(
+                    "overcommitd is expected on this node ({}) but does not answer at {}",
+                    super::overcommitd::describe(&daemon_expected(
+                        &globals.config,
+                        &globals.sysctl_root
+                    )),
+                    globals.socket.display()
+                ),
+                advice: "leases cannot be granted and drift is not corrected: `systemctl status overcommitd`".into(),
+                command: None,
+            });
+        }
         report_findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
-        let mut report = StatusReport::new(&node, proc_root, release, swaps, boot, report_findings);
+        let mut report = StatusReport::new(
+            &node,
+            &proc_root,
+            release,
+            swaps,
+            BootView::new(&boot, managed),
+            report_findings,
+        );
         report.daemon = daemon;
-        report.socket = socket.display().to_string();
+        report.daemon_expected = expected;
+        report.socket = globals.socket.display().to_string();
         Ok(report)
+    }
+
+    /// 1 when a finding is critical (the node is failing allocations or about to), else 0.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.worst_severity == Some(Severity::Critical))
+    }
+
+    /// One line for scripts and prompts: `MODE LIMIT committed=USED/LIMIT STATE`.
+    pub fn short(&self) -> String {
+        let limit = match self.limit_in_force {
+            "kbytes" => format!("kbytes={}", self.overcommit_kbytes),
+            _ => format!("ratio={}", self.overcommit_ratio),
+        };
+        let compact = |bytes: u64| HumanBytes(bytes).to_string().replace(' ', "");
+        let flagged: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| f.severity >= Severity::Warning)
+            .map(|f| {
+                let severity = match f.severity {
+                    Severity::Critical => "critical",
+                    _ => "warning",
+                };
+                format!("{severity}:{}", f.code)
+            })
+            .collect();
+        let state = if flagged.is_empty() {
+            "ok".to_string()
+        } else {
+            flagged.join(",")
+        };
+        format!(
+            "{} {limit} committed={}/{} {state}\n",
+            self.mode,
+            compact(self.committed_as_bytes),
+            compact(self.commit_limit_bytes)
+        )
     }
 
     fn new(
@@ -94,7 +225,7 @@ impl StatusReport {
         proc_root: &ProcRoot,
         kernel_release: String,
         swap_devices: Vec<SwapDevice>,
-        boot: BootConfig,
+        boot: BootView,
         findings: Vec<Finding>,
     ) -> StatusReport {
         let t = &node.tunables;
@@ -113,7 +244,7 @@ impl StatusReport {
             proc_root: proc_root.path().display().to_string(),
             kernel_release,
             nr_cpus: node.nr_cpus,
-            page_size: node.page_size,
+            page_size_bytes: node.page_size,
             mode: t.overcommit_memory,
             mode_number: t.overcommit_memory.number(),
             overcommit_ratio: t.overcommit_ratio,
@@ -142,8 +273,10 @@ impl StatusReport {
                 user_bytes: user.largest_bytes,
             },
             boot,
+            worst_severity: findings.iter().map(|f| f.severity).max(),
             findings,
             daemon: None,
+            daemon_expected: false,
             socket: String::new(),
         }
     }
@@ -382,19 +515,14 @@ impl StatusReport {
             let key = knob.sysctl_key();
             match self.boot.values.get(&key) {
                 Some(value) => {
-                    let overridden = if value.overridden.is_empty() {
+                    let overridden = if value.overrides == 0 {
                         String::new()
                     } else {
-                        format!("overrides {} earlier setting(s)", value.overridden.len())
+                        format!("overrides {} earlier setting(s)", value.overrides)
                     };
                     boot.row(
                         &key,
-                        format!(
-                            "{}  ({}:{})",
-                            value.winner.value,
-                            value.winner.file.display(),
-                            value.winner.line
-                        ),
+                        format!("{}  ({}:{})", value.text, value.file, value.line),
                         overridden,
                     );
                 }
@@ -402,6 +530,20 @@ impl StatusReport {
                     boot.row(&key, "not set", "the kernel default applies at boot");
                 }
             }
+        }
+        if let Some(baseline) = &self.boot.overcommitd_baseline {
+            let limit = baseline
+                .limit
+                .map_or("the limit it finds".to_string(), |l| l.to_string());
+            boot.row(
+                "overcommitd",
+                format!("baseline {}", baseline.profile),
+                format!(
+                    "{} ({}), {limit}: applied whenever overcommitd starts, after sysctl.d",
+                    baseline.mode,
+                    baseline.mode.number()
+                ),
+            );
         }
         out.push('\n');
         out.push_str(&boot.to_string());
@@ -423,6 +565,12 @@ impl StatusReport {
                 finding.message,
                 paint(DIM, &finding.advice)
             ));
+            if let Some(command) = &finding.command {
+                out.push_str(&format!(
+                    "            {}\n",
+                    paint(crate::output::HEADING, command)
+                ));
+            }
         }
         out
     }

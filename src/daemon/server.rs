@@ -449,6 +449,7 @@ impl Server {
             leases: self.leases.len(),
             drift: self.config.daemon.drift,
             clients: self.clients,
+            found: Some(KernelPolicy::from(&self.original)),
         })
     }
 

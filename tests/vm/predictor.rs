@@ -109,11 +109,12 @@ const UIDS: [u32; 2] = [0, 1000];
 /// `block`).
 const SHELL_HELPERS: &str = r#"
 kb() { awk -v k="$1:" '$1 == k { print $2 }' /proc/meminfo; }
-# ccheck UID ARGS...: overcommitctl check ARGS --json, as root (--root) or as UID (--user).
+# ccheck UID ARGS...: overcommitctl check ARGS --json, as root (--root) or as UID (--user),
+# about one mmap (what the probe makes), not glibc malloc's path.
 ccheck() {
     _u=$1; shift
-    if [ "$_u" = 0 ]; then overcommitctl check "$@" --json --root
-    else probe runas "$_u" "$_u" -- overcommitctl check "$@" --json --user; fi
+    if [ "$_u" = 0 ]; then overcommitctl check "$@" --via mmap --json --root
+    else probe runas "$_u" "$_u" -- overcommitctl check "$@" --via mmap --json --user; fi
 }
 # calloc UID ARGS...: probe alloc ARGS as root or as UID.
 calloc() {
@@ -558,10 +559,10 @@ fn compare_cases(
             continue;
         }
         // The same state for both (see the module doc).
-        if c["process"]["vm_size"].as_u64() != Some(k.vmsize_kb * 1024) {
+        if c["process"]["vm_size_bytes"].as_u64() != Some(k.vmsize_kb * 1024) {
             problems.push(format!(
                 "{what}: harness: check was told VmSize {} but the probe had {} kB",
-                c["process"]["vm_size"], k.vmsize_kb
+                c["process"]["vm_size_bytes"], k.vmsize_kb
             ));
             continue;
         }

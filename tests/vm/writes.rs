@@ -92,13 +92,13 @@ SIZE=$(( ($(kb MemTotal) + @HALF_SWAP_KB@) * 1024 ))
 echo "SWAPSIZE bytes=$SIZE"
 block swapoff-state vmstate
 block swapoff-status overcommitctl status --json
-block swapoff-check overcommitctl check $SIZE --json --root
+block swapoff-check overcommitctl check $SIZE --via mmap --json --root
 block swapoff-alloc probe alloc $SIZE
 swapon /dev/vda
 block swapon-state vmstate
 block swapon-status overcommitctl status --json
 block swapon-swaps cat /proc/swaps
-block swapon-check overcommitctl check $SIZE --json --root
+block swapon-check overcommitctl check $SIZE --via mmap --json --root
 block swapon-alloc probe alloc $SIZE
 # And in mode 2: the swap adds to CommitLimit.
 block swapon-apply-ratio out overcommitctl --config $CONF --socket $S apply strict-ratio
