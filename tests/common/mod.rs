@@ -2,6 +2,8 @@
 //! and the built binaries.
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
