@@ -5,4 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-vm.sh
+# tests/cli_input.rs compares our NumPy dtype sizes with Debian's numpy itself.
+if ! /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+    sudo_=; [ "$(id -u)" = 0 ] || sudo_=sudo
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-numpy
+fi
 cargo test --locked "$@"
