@@ -362,6 +362,30 @@ fn status_exits_1_on_a_critical_finding_and_every_command_it_advises_is_accepted
         run(node.ctl().args(["status", "--format", "prometheus"])).0,
         1
     );
+    // The textfile exporter keeps exporting: the figures are right, and say critical.
+    let textfile = tempfile::tempdir().unwrap();
+    let ctl_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
+        .parent()
+        .unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus/overcommit-textfile.sh");
+    let path = format!(
+        "{}:{}",
+        ctl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (code, _, err) = run(common::clean(script)
+        .arg(textfile.path())
+        .env("PATH", path)
+        .env("OVERCOMMIT_PROC_ROOT", node.proc_root())
+        .env("OVERCOMMIT_CONFIG", node.config())
+        .env("OVERCOMMIT_SYSCTL_ROOT", node.root.path()));
+    assert_eq!(code, 0, "{err}");
+    let prom = fs::read_to_string(textfile.path().join("overcommit.prom")).unwrap();
+    assert!(
+        prom.contains("overcommit_findings{severity=\"critical\"} 1\n"),
+        "{prom}"
+    );
     let (code, short, _) = run(ctl()
         .arg("--proc-root")
         .arg(fixture_proc("m1024-swap512-mode0"))
