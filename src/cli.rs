@@ -31,7 +31,7 @@ set the options of the same names; NO_COLOR turns colour off.
 
 Examples:
   overcommitctl status
-  overcommitctl status --short                               (one line, for prompts and scripts)
+  overcommitctl status --short                               (prompts, scripts)
   overcommitctl check --shape 210000x210000 --dtype float64
   overcommitctl run --mode always -- python3 job.py
   overcommitctl lease --ttl 12h --tag slurm-$SLURM_JOB_ID     (prolog)
@@ -151,8 +151,8 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 
 /// Inspect, check, change and lease the kernel's memory-overcommit policy.
 ///
-/// Exit codes: 0 ok / allowed / in line; 1 refused / borderline / drift / denied;
-/// 2 bad usage, config or input; 3 daemon unreachable.
+/// Exit codes: 0 ok / allowed / in line; 1 refused / borderline / drift / denied / a critical
+/// finding; 2 bad usage, config or input; 3 daemon unreachable. --json: docs/json.md.
 #[derive(Debug, Parser)]
 #[command(name = "overcommitctl", version, max_term_width = 100, after_long_help = CTL_AFTER_HELP)]
 pub struct CtlCli {

@@ -337,7 +337,7 @@ pub fn predict_malloc(
     prediction.verdict = verdict;
     prediction.request_bytes = request;
     if let (Some(low), Some(high)) = (brk_min, brk_max) {
-        if verdict != Verdict::Allowed || path == AllocPath::Brk {
+        if verdict == Verdict::Borderline || path == AllocPath::Brk {
             prediction.notes.push(Note::new(
                 "malloc_brk_fallback",
                 format!(

@@ -430,3 +430,37 @@ fn errors_are_json_objects_with_stable_codes_and_the_same_exit_status() {
         "unreachable"
     );
 }
+
+#[test]
+fn the_help_and_so_the_man_pages_state_the_contract() {
+    // The man pages are generated from the same clap definitions (examples/package_assets.rs).
+    let help_of = |args: &[&str]| {
+        let (_, help, _) = run(ctl().args(args));
+        help.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let help = help_of(&["--help"]);
+    for promise in [
+        "\"schema_version\": 1",
+        "docs/json.md",
+        "a critical finding (status)",
+        "expected on this node",
+        "KiB..EiB",
+    ] {
+        assert!(
+            help.contains(promise),
+            "overcommitctl --help lacks {promise:?}:\n{help}"
+        );
+    }
+    let help = help_of(&["set", "--help"]);
+    assert!(help.contains("--direct"), "{help}");
+    let help = help_of(&["status", "--help"]);
+    assert!(
+        help.contains("--short") && help.contains("exit 1 when a finding is critical"),
+        "{help}"
+    );
+    let help = help_of(&["check", "--help"]);
+    assert!(
+        help.contains("--via") && help.contains("datetime64[ns]"),
+        "{help}"
+    );
+}
