@@ -150,7 +150,7 @@ run overcommitctl apply default
 default_rc=$rc
 # `apply` writes the kernel itself only when the daemon is unreachable: not the case here.
 direct=no
-case "$apply_out" in *"not reachable"*) direct=yes ;; esac
+case "$apply_out" in *"directly"*) direct=yes ;; esac
 verdict "apply hpc-strict exit $apply_rc -> mode/ratio $strict (direct write: $direct), verify exit $verify_rc; apply default exit $default_rc -> mode $(mode)" \
     "$apply_rc" = 0 -a "$strict" = 2/95 -a "$direct" = no -a "$verify_rc" = 0 \
     -a "$default_rc" = 0 -a "$(mode)" = 0
