@@ -10,21 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use common::cli::{ctl_with as with, CONFIG};
 use common::{as_user, ctl, fixture_proc, proc_copy, run, Daemon};
 use serde_json::Value;
-
-const CONFIG: &str = r#"
-[daemon]
-baseline = "default"
-drift_interval = "0"
-
-[profiles.default]
-mode = "heuristic"
-
-[profiles.hpc-strict]
-mode = "never"
-ratio = 95
-"#;
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
@@ -180,12 +168,6 @@ fn an_installed_or_enabled_unit_means_overcommitd_is_expected() {
 /// A daemon on m1024-swap512-mode0 (ratio 50 found) with the test's CONFIG.
 fn daemon() -> Daemon {
     Daemon::start("m1024-swap512-mode0", CONFIG, &[])
-}
-
-fn with(daemon: &Daemon) -> Command {
-    let mut command = daemon.ctl();
-    command.env("OVERCOMMIT_SYSCTL_ROOT", daemon.path("root"));
-    command
 }
 
 #[test]

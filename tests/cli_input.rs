@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::{ctl, fixture_proc, run, Daemon};
@@ -177,20 +176,11 @@ fn every_dtype_numpy_accepts_is_sized_as_numpy_sizes_it() {
 /// it; elsewhere the test says loudly that it did not run).
 #[test]
 fn the_dtype_table_agrees_with_the_real_numpy() {
-    let python = Path::new("/usr/bin/python3");
-    let has_numpy = python.exists()
-        && Command::new(python)
-            .args(["-c", "import numpy"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !has_numpy {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI: /usr/bin/python3 with numpy (python3-numpy) is needed"
+    let Some(python) = common::cli::python_with_numpy() else {
+        return common::cli::not_run(
+            "/usr/bin/python3 has no numpy (apt-get install python3-numpy)",
         );
-        eprintln!("NOT RUN: /usr/bin/python3 has no numpy (apt-get install python3-numpy)");
-        return;
-    }
+    };
     let dtypes = [
         "?",
         "b",

@@ -7,34 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::cli::{ctl_with as with, CONFIG};
 use common::schema::{docs_schemas, Schemas};
 use common::{as_user, ctl, fixture_proc, proc_copy, run, Daemon};
 use serde_json::{json, Value};
-
-const CONFIG: &str = r#"
-[daemon]
-baseline = "default"
-drift_interval = "0"
-
-[profiles.default]
-mode = "heuristic"
-
-[profiles.hpc-strict]
-description = "strict"
-mode = "never"
-ratio = 95
-swappiness = 10
-
-[profiles.swap]
-mode = "never"
-ratio = 80
-min_swap = "16G"
-
-[[access]]
-users = [1000]
-modes = ["always", "heuristic"]
-max_ttl = "1h"
-"#;
 
 /// overcommitctl on `proc_root`, with no daemon and none expected (`scratch` is an empty
 /// directory standing in for the socket's, the configuration's and the boot files' places).
@@ -49,13 +25,6 @@ fn alone(proc_root: &Path, scratch: &Path) -> Command {
         .arg(scratch.join("none.sock"))
         .arg("--config")
         .arg(scratch.join("none.toml"));
-    command
-}
-
-/// overcommitctl pointed at `daemon`, with an empty boot configuration.
-fn with(daemon: &Daemon) -> Command {
-    let mut command = daemon.ctl();
-    command.env("OVERCOMMIT_SYSCTL_ROOT", daemon.path("root"));
     command
 }
 

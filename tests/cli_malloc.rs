@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use common::cli::{not_run, python_with_numpy};
 use common::{ctl, run};
 use serde_json::Value;
 
@@ -26,11 +27,6 @@ fn mode0_total() -> Result<u64, String> {
     }
     let root = Path::new("/proc");
     Ok(common::meminfo_bytes(root, "MemTotal") + common::meminfo_bytes(root, "SwapTotal"))
-}
-
-fn not_run(why: &str) {
-    assert!(std::env::var_os("CI").is_none(), "CI: {why}");
-    eprintln!("NOT RUN: {why}");
 }
 
 /// A process that allocates when told: `alloc N` answers `ok mmap|brk|heap` or `fail`.
@@ -239,15 +235,9 @@ fn numpy_zeros_edges_agree_with_check() {
         Ok(total) => total,
         Err(why) => return not_run(&why),
     };
-    let python = Path::new("/usr/bin/python3");
-    let numpy = python.exists()
-        && Command::new(python)
-            .args(["-c", "import numpy"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !numpy {
+    let Some(python) = python_with_numpy() else {
         return not_run("/usr/bin/python3 has no numpy (apt-get install python3-numpy)");
-    }
+    };
     // A mapped buffer freed raises malloc's thresholds; a smaller one then comes from the heap
     // and, freed, leaves its top with ~2 MB free: as in a Python session that has worked.
     const SCRIPT: &str = r#"

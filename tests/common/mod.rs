@@ -2,6 +2,7 @@
 //! and the built binaries.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod schema;
 
 use std::fs;
