@@ -119,7 +119,8 @@ impl StatusReport {
         let proc_root = globals.proc_root();
         // Asked first: the daemon looks for drift (and may enforce) before it answers.
         let daemon = client::call::<DaemonStatus>(&globals.socket, &Request::Status).ok();
-        let expected = !daemon_expected(&globals.config, &globals.sysctl_root).is_empty();
+        let expectations = daemon_expected(&globals.config, &globals.sysctl_root);
+        let expected = !expectations.is_empty();
         let node = proc_root.node()?;
         let swaps = proc_root.read_swaps()?;
         let release = proc_root.read_release()?;
@@ -158,10 +159,7 @@ impl StatusReport {
                 code: "daemon_unreachable",
                 message: format!(
                     "overcommitd is expected on this node ({}) but does not answer at {}",
-                    super::overcommitd::describe(&daemon_expected(
-                        &globals.config,
-                        &globals.sysctl_root
-                    )),
+                    super::overcommitd::describe(&expectations),
                     globals.socket.display()
                 ),
                 advice: "leases cannot be granted and drift is not corrected: `systemctl status overcommitd`".into(),
