@@ -54,27 +54,30 @@ out() { "$@" 2>&1; }
 vmstate() {
     echo "mode=$(cat /proc/sys/vm/overcommit_memory) ratio=$(cat /proc/sys/vm/overcommit_ratio) kbytes=$(cat /proc/sys/vm/overcommit_kbytes) mem_kb=$(kb MemTotal) swap_kb=$(kb SwapTotal) hugetlb_kb=$(kb Hugetlb) commit_limit_kb=$(kb CommitLimit) committed_kb=$(kb Committed_AS)"
 }
-# steps PREFIX CTL...: the profile round trip and the lockout guard, with `CTL apply`.
+# steps PREFIX CTL...: the profile round trip and the lockout guard, with `CTL apply ... $APPLY`.
 steps() {
     p=$1; shift
     block $p-start vmstate
-    block $p-apply-ratio out "$@" apply strict-ratio
+    block $p-apply-ratio out "$@" apply strict-ratio $APPLY
     block $p-ratio vmstate
-    block $p-apply-kbytes out "$@" apply strict-kbytes
+    block $p-apply-kbytes out "$@" apply strict-kbytes $APPLY
     block $p-kbytes vmstate
-    block $p-apply-ratio-again out "$@" apply strict-ratio
+    block $p-apply-ratio-again out "$@" apply strict-ratio $APPLY
     block $p-ratio-again vmstate
     block $p-verify out "$@" verify strict-ratio
-    block $p-lockout-kbytes out "$@" apply lockout-kbytes
+    block $p-lockout-kbytes out "$@" apply lockout-kbytes $APPLY
     block $p-after-lockout-kbytes vmstate
-    block $p-lockout-ratio out "$@" apply lockout-ratio
+    block $p-lockout-ratio out "$@" apply lockout-ratio $APPLY
     block $p-after-lockout-ratio vmstate
-    block $p-apply-default out "$@" apply default
+    block $p-apply-default out "$@" apply default $APPLY
     block $p-default vmstate
 }
 
-# Directly: no daemon at this socket, so root's overcommitctl writes the kernel itself.
+# Directly: no daemon at this socket, so root's overcommitctl writes the kernel itself (with
+# --direct: the configuration exists, so overcommitd is expected here).
+APPLY=--direct
 steps direct overcommitctl --config $CONF --socket /run/no-daemon.sock
+APPLY=
 
 # Through overcommitd.
 head -c 1 /dev/random > /dev/null
