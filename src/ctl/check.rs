@@ -62,6 +62,68 @@ fn refuse_inert_flags(args: &CheckArgs, mode: Mode) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// What `--pid` tells: the process's limits and size, and, for malloc, its heap and malloc
+/// settings (with a note for what cannot be known), and how it allocates.
+fn the_process(
+    pid: i32,
+    via: AllocVia,
+) -> Result<(Process, MallocState, Vec<Note>, AllocVia), CtlError> {
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(CtlError::NoProcess(pid));
+    }
+    let info = kernel::process_info(pid)?;
+    let process = Process {
+        privileged: info.cap_sys_admin,
+        vm_size: Some(info.vm_size),
+        data_size: Some(info.vm_data),
+        rlimit_as: info.rlimit_as,
+        rlimit_data: info.rlimit_data,
+        map_count: Some(info.map_count),
+        memory_max: info.memory_max,
+        largest_gap: Some(info.largest_gap),
+    };
+    let mut state = MallocState::glibc_defaults();
+    let mut notes = Vec::new();
+    if via == AllocVia::Mmap {
+        return Ok((process, state, notes, via));
+    }
+    let heap = kernel::process_heap(pid)?;
+    if heap.libc == Libc::Musl {
+        notes.push(Note::new(
+            "malloc_not_glibc",
+            format!("process {pid} uses musl, whose malloc maps large requests and has no brk fallback: one mmap is checked"),
+        ));
+        return Ok((process, state, notes, AllocVia::Mmap));
+    }
+    state = state.with_environment(
+        heap.malloc_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    match heap.chunks {
+        Some(chunks) => {
+            state = state.with_heap(chunks.top, chunks.largest_free, heap.room_above);
+        }
+        None => notes.push(Note::new(
+            "heap_unreadable",
+            format!("the heap of process {pid} could not be read (/proc/{pid}/mem needs root or the same user): the free space at its top is assumed, not known"),
+        )),
+    }
+    if heap.libc == Libc::Unknown {
+        notes.push(Note::new(
+            "malloc_assumed_glibc",
+            format!("no C library is mapped in process {pid} (static or not C): glibc's malloc is assumed; --via mmap asks about one mapping"),
+        ));
+    }
+    if info.threads > 1 {
+        notes.push(Note::new(
+            "malloc_threads",
+            format!("process {pid} has {} threads: an allocation from a thread other than the main one uses another malloc arena, which has no brk fallback", info.threads),
+        ));
+    }
+    Ok((process, state, notes, via))
+}
+
 impl CheckReport {
     pub fn gather(proc_root: &ProcRoot, args: &CheckArgs) -> Result<CheckReport, CtlError> {
         let live = proc_root.node()?;
@@ -92,65 +154,18 @@ impl CheckReport {
         }
         let is_hypothetical = node != live;
 
-        let mut process = Process {
-            privileged: nix::unistd::geteuid().is_root(),
-            ..Process::default()
+        let (mut process, malloc_state, notes, via) = match args.pid {
+            Some(pid) => the_process(pid, args.via)?,
+            None => (
+                Process {
+                    privileged: nix::unistd::geteuid().is_root(),
+                    ..Process::default()
+                },
+                MallocState::glibc_defaults(),
+                Vec::new(),
+                args.via,
+            ),
         };
-        let mut malloc_state = MallocState::glibc_defaults();
-        let mut notes = Vec::new();
-        let mut via = args.via;
-        if let Some(pid) = args.pid {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return Err(CtlError::NoProcess(pid));
-            }
-            let info = kernel::process_info(pid)?;
-            process = Process {
-                privileged: info.cap_sys_admin,
-                vm_size: Some(info.vm_size),
-                data_size: Some(info.vm_data),
-                rlimit_as: info.rlimit_as,
-                rlimit_data: info.rlimit_data,
-                map_count: Some(info.map_count),
-                memory_max: info.memory_max,
-                largest_gap: Some(info.largest_gap),
-            };
-            if via == AllocVia::Malloc {
-                let heap = kernel::process_heap(pid)?;
-                if heap.libc == Libc::Musl {
-                    notes.push(Note::new(
-                        "malloc_not_glibc",
-                        format!("process {pid} uses musl, whose malloc maps large requests and has no brk fallback: one mmap is checked"),
-                    ));
-                    via = AllocVia::Mmap;
-                }
-                malloc_state = malloc_state.with_environment(
-                    heap.malloc_env
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                );
-                match heap.chunks {
-                    Some(chunks) => {
-                        malloc_state = malloc_state.with_heap(chunks.top, chunks.largest_free, heap.room_above);
-                    }
-                    None => notes.push(Note::new(
-                        "heap_unreadable",
-                        format!("the heap of process {pid} could not be read (/proc/{pid}/mem needs root or the same user): the free space at its top is assumed, not known"),
-                    )),
-                }
-                if heap.libc == Libc::Unknown {
-                    notes.push(Note::new(
-                        "malloc_assumed_glibc",
-                        format!("no C library is mapped in process {pid} (static or not C): glibc's malloc is assumed; --via mmap asks about one mapping"),
-                    ));
-                }
-                if info.threads > 1 {
-                    notes.push(Note::new(
-                        "malloc_threads",
-                        format!("process {pid} has {} threads: an allocation from a thread other than the main one uses another malloc arena, which has no brk fallback", info.threads),
-                    ));
-                }
-            }
-        }
         if args.user {
             process.privileged = false;
         }
