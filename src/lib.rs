@@ -4,6 +4,7 @@
 //! sockets; [`kernel`] is the one module that touches kernel files; the binaries are thin.
 
 pub mod auth;
+pub mod charge;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -19,6 +20,8 @@ pub mod malloc;
 pub mod model;
 pub mod output;
 pub mod predict;
+pub mod process_scan;
 pub mod protocol;
 pub mod size;
+pub mod smaps;
 pub mod sysctl_d;
