@@ -217,6 +217,8 @@ pub enum CtlCommand {
     Release(ReleaseArgs),
     /// List the live leases.
     Leases,
+    /// Who holds the commit charge: per process, user, cgroup or job, and what no process holds.
+    Top(TopArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -382,6 +384,33 @@ pub struct ReleaseArgs {
     /// Release every lease of yours with this tag.
     #[arg(long)]
     pub tag: Option<String>,
+}
+
+/// Seconds between refreshes of `top --watch`: 0.1 up to a day.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match text.trim().trim_end_matches('s').parse::<f64>() {
+        Ok(secs) if (0.1..=86400.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "interval `{text}` is not valid: expected seconds from 0.1 to 86400, e.g. 2 or 0.5"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Group by process, user, cgroup, or job (Slurm job id from the cgroup, else the tag of a
+    /// lease held by the process or an ancestor).
+    #[arg(long, value_enum, default_value = "process")]
+    pub by: crate::charge::GroupBy,
+    /// Show the N largest holders and sum the rest in one row (0: all).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    /// Refresh every SECS seconds, in place on a terminal, until interrupted.
+    #[arg(long, value_name = "SECS", value_parser = parse_interval)]
+    pub watch: Option<Duration>,
+    /// Output format (--json is the same as --format json).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: StatusFormat,
 }
 
 /// The overcommit daemon: owns the node's overcommit policy and grants leases to jobs.

@@ -44,7 +44,7 @@ impl Section {
 }
 
 /// Visible width of text that may hold ANSI escapes.
-fn visible_width(text: &str) -> usize {
+pub fn visible_width(text: &str) -> usize {
     let mut width = 0;
     let mut in_escape = false;
     for c in text.chars() {

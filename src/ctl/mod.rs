@@ -7,6 +7,7 @@ mod check;
 mod lease;
 pub mod overcommitd;
 mod status;
+pub mod top;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -26,6 +27,7 @@ use crate::sysctl_d::SysctlSources;
 pub use check::CheckReport;
 pub use overcommitd::{daemon_expected, Expectation};
 pub use status::StatusReport;
+pub use top::TopReport;
 
 /// The version of every `--json` object (docs/json.md). Bumped only for incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -323,6 +325,7 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
         CtlCommand::Lease(args) => lease::lease(globals, &args.lease),
         CtlCommand::Release(args) => lease::release(globals, args.id, args.tag),
         CtlCommand::Leases => lease::leases(globals),
+        CtlCommand::Top(args) => top::top(globals, &args),
     }
 }
 
