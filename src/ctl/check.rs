@@ -28,6 +28,8 @@ pub struct CheckReport {
     pub process: Process,
     /// The process asked about with --pid.
     pub pid: Option<i32>,
+    /// When mode never refuses (or may refuse): the three processes holding the most charge.
+    pub commit_holders: Option<Vec<crate::charge::Holder>>,
     #[serde(skip)]
     node: Node,
 }
@@ -181,8 +183,13 @@ impl CheckReport {
             AllocVia::Mmap => malloc::predict_mmap(&node, &process, bytes),
         };
         prediction.notes.extend(notes);
+        let in_the_way =
+            prediction.rule == Rule::CommitLimit && prediction.verdict != Verdict::Allowed;
         Ok(CheckReport {
             allocation,
+            commit_holders: in_the_way
+                .then(|| super::top::largest_holders(proc_root, 3))
+                .flatten(),
             hypothetical: is_hypothetical,
             mem_total_bytes: node.memory.mem_total,
             swap_total_bytes: node.memory.swap_total,
@@ -319,6 +326,13 @@ impl CheckReport {
             );
         }
         out.push_str(&why.to_string());
+        if let Some(holders) = &self.commit_holders {
+            out.push('\n');
+            out.push_str(&super::top::holders_section(
+                "Who holds the charge in the way",
+                holders,
+            ));
+        }
 
         if !p.remedies.is_empty() {
             out.push('\n');

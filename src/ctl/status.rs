@@ -54,6 +54,8 @@ pub struct StatusReport {
     /// enabled or installed).
     pub daemon_expected: bool,
     pub socket: String,
+    /// Under mode never with little headroom left: the three processes holding the most charge.
+    pub commit_holders: Option<Vec<crate::charge::Holder>>,
 }
 
 /// The largest single allocation that would succeed now (user reserve counted in full).
@@ -178,6 +180,13 @@ impl StatusReport {
         report.daemon = daemon;
         report.daemon_expected = expected;
         report.socket = globals.socket.display().to_string();
+        if report
+            .findings
+            .iter()
+            .any(|f| matches!(f.code, "commit_exhausted" | "commit_nearly_exhausted"))
+        {
+            report.commit_holders = super::top::largest_holders(&proc_root, 3);
+        }
         Ok(report)
     }
 
@@ -276,6 +285,7 @@ impl StatusReport {
             daemon: None,
             daemon_expected: false,
             socket: String::new(),
+            commit_holders: None,
         }
     }
 
@@ -452,6 +462,13 @@ impl StatusReport {
         commit.row("headroom", headroom, headroom_note);
         out.push('\n');
         out.push_str(&commit.to_string());
+        if let Some(holders) = &self.commit_holders {
+            out.push('\n');
+            out.push_str(&super::top::holders_section(
+                "Largest commit holders",
+                holders,
+            ));
+        }
 
         let mut memory = Section::new("Memory");
         memory.row("MemTotal", HumanBytes(self.mem_total_bytes), "");
