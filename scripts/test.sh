@@ -10,4 +10,10 @@ if ! /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
     sudo_=; [ "$(id -u)" = 0 ] || sudo_=sudo
     $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-numpy
 fi
+# promtool (Debian package prometheus) checks `top --format prometheus` (tests/cli_top.rs).
+if ! command -v promtool >/dev/null; then
+    sudo_=; [ "$(id -u)" = 0 ] || sudo_=sudo
+    $sudo_ apt-get update -q
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+fi
 cargo test --locked "$@"

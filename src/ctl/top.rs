@@ -30,7 +30,11 @@ pub struct TopReport {
     pub proc_root: String,
     /// `None` when the tree has no sys/vm/overcommit_memory.
     pub mode: Option<Mode>,
+    /// Read before the processes.
     pub committed_as_bytes: u64,
+    /// How much Committed_AS moved while the processes were read (after minus before): on a
+    /// busy node the rows cannot add up more closely than this.
+    pub committed_as_change_bytes: i64,
     pub commit_limit_bytes: u64,
     /// The charge of every process read (all of them, not only the rows shown).
     pub processes_charged_bytes: u64,
@@ -86,6 +90,7 @@ impl TopReport {
             .ok()
             .and_then(Mode::from_number);
         let scan = process_scan::scan_processes(proc_root.path())?;
+        let committed_after = proc_root.read_memory()?.committed_as;
         let sysv = process_scan::read_sysv_segments(proc_root.path(), crate::kernel::page_size())?;
         let lease_holders: HashMap<i32, String> =
             match socket.map(|s| client::call::<LeaseList>(s, &Request::Leases)) {
@@ -119,6 +124,10 @@ impl TopReport {
             proc_root: proc_root.path().display().to_string(),
             mode,
             committed_as_bytes: memory.committed_as,
+            committed_as_change_bytes: i64::try_from(
+                i128::from(committed_after) - i128::from(memory.committed_as),
+            )
+            .unwrap_or(0),
             commit_limit_bytes: memory.commit_limit,
             processes_charged_bytes,
             holders,
@@ -300,7 +309,18 @@ impl TopReport {
             ),
             NotProcessKind::NotVisible => {
                 let c = &self.counts;
-                let note = if c.processes_unreadable > 0 {
+                let moved = self.committed_as_change_bytes.unsigned_abs();
+                let note = if moved > self.committed_as_bytes / 50 {
+                    format!(
+                        "Committed_AS moved by {}{} while the processes were read",
+                        if self.committed_as_change_bytes < 0 {
+                            "-"
+                        } else {
+                            "+"
+                        },
+                        HumanBytes(moved)
+                    )
+                } else if c.processes_unreadable > 0 {
                     paint(
                         WARN,
                         format!(

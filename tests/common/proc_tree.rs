@@ -38,6 +38,11 @@ impl FakeMapping {
         self.inode = inode;
         self
     }
+
+    pub fn rss_kb(mut self, kb: u64) -> FakeMapping {
+        self.rss_kb = kb;
+        self
+    }
 }
 
 #[derive(Debug, Clone)]
