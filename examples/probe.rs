@@ -8,7 +8,9 @@
 //! ```text
 //! probe alloc [--uid U --gid G] [--pad BYTES] BYTES...
 //!                                            one mmap per size, one PROBE line each
-//! probe hold BYTES                           map BYTES (untouched) and wait to be killed
+//! probe hold [--noreserve|--shared|--sysv] BYTES
+//!                                            map BYTES (untouched) and wait to be killed
+//! probe snapshot                             print /proc's files that `top` reads, at once
 //! probe waitfor [--kill PID] FILE VALUE MS   until FILE holds VALUE (at most MS ms), timed
 //! probe runas UID GID [--groups G1,G2,...] -- CMD ARGS...
 //! ```
@@ -29,7 +31,8 @@ use nix::unistd::{self, Gid, Uid};
 
 const USAGE: &str = "usage:
   probe alloc [--uid U --gid G] [--pad BYTES] BYTES...
-  probe hold BYTES
+  probe hold [--noreserve|--shared|--sysv] BYTES
+  probe snapshot
   probe waitfor [--kill PID] FILE VALUE TIMEOUT_MS
   probe runas UID GID [--groups G1,G2,...] -- CMD ARGS...";
 
@@ -42,6 +45,7 @@ fn main() {
     match cmd {
         "alloc" => alloc(rest),
         "hold" => hold(rest),
+        "snapshot" => snapshot(),
         "waitfor" => waitfor(rest),
         "runas" => runas(rest),
         "-h" | "--help" => {
@@ -139,22 +143,132 @@ fn alloc(args: &[String]) {
     }
 }
 
-/// `probe hold BYTES`: commit memory without touching it (raises Committed_AS only), then
-/// wait until killed so a test can measure the effect on other allocations.
+/// `probe hold [--noreserve|--shared|--sysv] BYTES`: commit memory without touching it
+/// (raises Committed_AS only), then wait until killed so a test can measure the effect on
+/// other allocations. `--noreserve` adds MAP_NORESERVE (not charged outside mode 2),
+/// `--shared` maps MAP_SHARED|MAP_ANONYMOUS (a shmem object, charged once when created),
+/// `--sysv` creates and attaches a SysV segment (charged when created).
 fn hold(args: &[String]) {
-    let bytes: usize = match args {
-        [b] => parse_num("BYTES", b),
-        _ => usage_error("hold takes exactly one size"),
+    let (kind, bytes) = match args {
+        [b] => ("", b),
+        [kind, b] if ["--noreserve", "--shared", "--sysv"].contains(&kind.as_str()) => {
+            (kind.as_str(), b)
+        }
+        _ => usage_error("hold takes [--noreserve|--shared|--sysv] and one size"),
     };
-    if let Err(errno) = map_anonymous(bytes) {
+    let bytes: usize = parse_num("BYTES", bytes);
+    let result = match kind {
+        "--noreserve" => map(bytes, libc::MAP_PRIVATE | libc::MAP_NORESERVE),
+        "--shared" => map(bytes, libc::MAP_SHARED),
+        "--sysv" => attach_sysv(bytes),
+        _ => map_anonymous(bytes),
+    };
+    if let Err(errno) = result {
         fail(&format!(
-            "mmap of {bytes} bytes failed: {}",
+            "hold {kind} of {bytes} bytes failed: {}",
             std::io::Error::from_raw_os_error(errno)
         ));
     }
     println!("HOLDING bytes={bytes} pid={}", std::process::id());
     loop {
         unistd::pause();
+    }
+}
+
+/// A new private SysV segment of `bytes`, attached (and marked for removal, so it goes when
+/// the probe does).
+fn attach_sysv(bytes: usize) -> Result<*mut libc::c_void, i32> {
+    let errno = || {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    // SAFETY: plain SysV calls; the attached address is only kept, never dereferenced.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, bytes, libc::IPC_CREAT | 0o600);
+        if id < 0 {
+            return Err(errno());
+        }
+        let addr = libc::shmat(id, std::ptr::null(), 0);
+        if addr as isize == -1 {
+            return Err(errno());
+        }
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        Ok(addr)
+    }
+}
+
+/// `probe snapshot`: /proc/meminfo, /proc/sysvipc/shm, the vm knobs and every process's
+/// status, cgroup and smaps, read into memory first and then printed between `FILE-BEGIN
+/// PATH` and `FILE-END` lines (tests/vm/harness.rs `files_in`). One process reads everything
+/// at once, so the snapshot is as consistent as /proc allows. The probe is in it, so it
+/// allocates all it needs before reading anything: its own charge does not change meanwhile.
+fn snapshot() {
+    const ARENA: usize = 32 << 20;
+    const NODE_FILES: [&str; 5] = [
+        "/proc/meminfo",
+        "/proc/sysvipc/shm",
+        "/proc/sys/vm/overcommit_memory",
+        "/proc/sys/vm/overcommit_ratio",
+        "/proc/sys/vm/overcommit_kbytes",
+    ];
+    const PROCESS_FILES: [&str; 3] = ["status", "cgroup", "smaps"];
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap_or_else(|e| fail(&format!("read /proc: {e}")))
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let mut arena = vec![0u8; ARENA];
+    // (node file or pid, process file, range in the arena)
+    let mut index: Vec<(usize, u32, usize, usize, usize)> =
+        Vec::with_capacity(NODE_FILES.len() + pids.len() * PROCESS_FILES.len());
+    let mut used = 0;
+    let mut path = String::with_capacity(64);
+    let mut read_into = |path: &str, used: &mut usize| -> Option<(usize, usize)> {
+        let mut file = File::open(path).ok()?;
+        let start = *used;
+        loop {
+            match file.read(&mut arena[*used..]) {
+                Ok(0) => return Some((start, *used)),
+                Ok(n) => *used += n,
+                Err(_) => return None,
+            }
+            if *used == ARENA {
+                fail("snapshot: /proc holds more than the arena");
+            }
+        }
+    };
+    for (i, file) in NODE_FILES.iter().enumerate() {
+        if let Some((start, end)) = read_into(file, &mut used) {
+            index.push((i, 0, 0, start, end));
+        }
+    }
+    for &pid in &pids {
+        for (j, name) in PROCESS_FILES.iter().enumerate() {
+            use std::fmt::Write as _;
+            path.clear();
+            let _ = write!(path, "/proc/{pid}/{name}");
+            if let Some((start, end)) = read_into(&path, &mut used) {
+                index.push((usize::MAX, pid, j, start, end));
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for (node_file, pid, j, start, end) in index {
+        use std::io::Write;
+        let name = if node_file == usize::MAX {
+            format!("/proc/{pid}/{}", PROCESS_FILES[j])
+        } else {
+            NODE_FILES[node_file].to_string()
+        };
+        let text = String::from_utf8_lossy(&arena[start..end]);
+        let newline = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        let _ = write!(out, "FILE-BEGIN {name}\n{text}{newline}FILE-END\n");
     }
 }
 
@@ -263,6 +377,11 @@ fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) {
 /// One private, writable, anonymous mapping: the kind the kernel charges to Committed_AS in
 /// full at mmap time (VM_ACCOUNT). Returns the address or the errno.
 fn map_anonymous(bytes: usize) -> Result<*mut libc::c_void, i32> {
+    map(bytes, libc::MAP_PRIVATE)
+}
+
+/// One writable anonymous mapping with `flags` (MAP_ANONYMOUS added).
+fn map(bytes: usize, flags: libc::c_int) -> Result<*mut libc::c_void, i32> {
     // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing cannot alias
     // anything this process uses.
     let addr = unsafe {
@@ -270,7 +389,7 @@ fn map_anonymous(bytes: usize) -> Result<*mut libc::c_void, i32> {
             std::ptr::null_mut(),
             bytes,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            flags | libc::MAP_ANONYMOUS,
             -1,
             0,
         )

@@ -862,27 +862,7 @@ impl Console {
     /// Files the guest printed with `dump FILE` (between `FILE-BEGIN <path>` and `FILE-END`
     /// lines), by guest path. Each line keeps its newline, as in the original file.
     pub fn files(&self) -> BTreeMap<String, String> {
-        let mut files = BTreeMap::new();
-        let mut current: Option<(String, String)> = None;
-        for line in self.text.lines() {
-            match current.as_mut() {
-                Some((_, contents)) if line.trim() != "FILE-END" => {
-                    contents.push_str(line);
-                    contents.push('\n');
-                }
-                Some(_) => {
-                    let (path, contents) = current.take().expect("inside a file");
-                    files.insert(path, contents);
-                }
-                None => {
-                    if let Some(i) = line.find("FILE-BEGIN ") {
-                        let path = line[i + "FILE-BEGIN ".len()..].trim().to_string();
-                        current = Some((path, String::new()));
-                    }
-                }
-            }
-        }
-        files
+        files_in(&self.text)
     }
 
     /// The output of every `block TAG CMD...` of the guest, in console order.
@@ -1020,4 +1000,30 @@ impl Probe {
             result: fields.get("result")?.to_string(),
         })
     }
+}
+
+/// The files printed with `dump FILE` or `probe snapshot` (between `FILE-BEGIN <path>` and
+/// `FILE-END` lines) in `text`, by guest path. Each line keeps its newline.
+pub fn files_in(text: &str) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        match current.as_mut() {
+            Some((_, contents)) if line.trim() != "FILE-END" => {
+                contents.push_str(line);
+                contents.push('\n');
+            }
+            Some(_) => {
+                let (path, contents) = current.take().expect("inside a file");
+                files.insert(path, contents);
+            }
+            None => {
+                if let Some(i) = line.find("FILE-BEGIN ") {
+                    let path = line[i + "FILE-BEGIN ".len()..].trim().to_string();
+                    current = Some((path, String::new()));
+                }
+            }
+        }
+    }
+    files
 }
