@@ -17,6 +17,8 @@
 //!   dies, a user without access (daemon.rs);
 //! - kernel_writes_profiles_lockout_swapon: ratio/kbytes switching, the lockout guard, swap
 //!   appearing (writes.rs);
+//! - top_attributes_the_commit_charge: who holds the commit charge, against the kernel's
+//!   Committed_AS (top.rs);
 //! - the mode-0 smoke test below, and the packaged service under systemd (systemd_guest.rs).
 //!
 //! The summary: libtest runs tests on parallel threads (2 here, each boot a qemu process)
@@ -33,6 +35,7 @@ mod fixtures;
 mod harness;
 mod predictor;
 mod tally;
+mod top;
 mod writes;
 
 use harness::{host, Vm};
@@ -50,6 +53,7 @@ pub const VM_TESTS: &[&str] = &[
     "daemon_leases_on_a_real_kernel",
     "kernel_writes_profiles_lockout_swapon",
     "systemd_guest_runs_the_packaged_service",
+    "top_attributes_the_commit_charge",
 ];
 
 /// Boots a predictor guest (see predictor.rs) under test `name`.
@@ -229,4 +233,22 @@ fn kernel_writes_profiles_lockout_swapon() {
         writes::run(&mut test, host);
     }
     test.finish();
+}
+
+/// Issue 13: `overcommitctl top` against the kernel's own accounting (see top.rs).
+#[test]
+fn top_attributes_the_commit_charge() {
+    let mut test = TestRun::start("top_attributes_the_commit_charge");
+    if let Some(host) = host() {
+        top::run(&mut test, host);
+    }
+    test.finish();
+}
+
+/// Boots the `top` scenario and rewrites tests/fixtures/top/ (see top.rs).
+#[test]
+#[ignore = "writes tests/fixtures/top; run on purpose"]
+fn generate_top_fixtures() {
+    let Some(host) = host() else { return };
+    top::generate(host);
 }
