@@ -408,6 +408,77 @@ VmFlags: rd wr mr mw me ac
         assert_eq!(maps[0].size(), 1);
     }
 
+    /// The mappings of one probe in a snapshot of a real guest's /proc (tests/fixtures/top,
+    /// written by tests/vm/top.rs; `holders` names the probes' pids).
+    fn guest(fixture: &str, holder: &str) -> Vec<Mapping> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/top")
+            .join(fixture);
+        let holders = std::fs::read_to_string(dir.join("holders")).unwrap();
+        let pid = holders
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{holder}=")))
+            .unwrap_or_else(|| panic!("no {holder} in {holders}"));
+        let text = std::fs::read(dir.join("proc").join(pid).join("smaps")).unwrap();
+        let whole = all(&text, 1 << 16);
+        assert_eq!(
+            all(&text, MIN_BUFFER),
+            whole,
+            "a small buffer reads the same"
+        );
+        whole
+    }
+
+    fn the_one_of(maps: &[Mapping], size: u64) -> Mapping {
+        let found: Vec<&Mapping> = maps.iter().filter(|m| m.size() == size).collect();
+        assert_eq!(found.len(), 1, "one mapping of {size} bytes in {maps:#?}");
+        *found[0]
+    }
+
+    #[test]
+    fn real_guest_smaps_show_what_the_kernel_charged() {
+        let held = the_one_of(&guest("guest-mode0", "charged"), 300 << 20);
+        assert!(held.charged() && !held.noreserve());
+        assert_eq!(
+            (held.backing, held.rss_bytes),
+            (Backing::Anonymous, 0),
+            "untouched"
+        );
+
+        let lazy = the_one_of(&guest("guest-mode0", "noreserve0"), 300 << 20);
+        assert!(
+            !lazy.charged() && lazy.noreserve(),
+            "MAP_NORESERVE in mode 0"
+        );
+        let strict = the_one_of(&guest("guest-mode2", "noreserve2"), 300 << 20);
+        assert!(
+            strict.charged() && !strict.noreserve(),
+            "mode 2 ignores MAP_NORESERVE"
+        );
+        let kept = the_one_of(&guest("guest-mode2", "noreserve0"), 300 << 20);
+        assert!(
+            kept.noreserve(),
+            "a mapping keeps the flag it was made with"
+        );
+
+        let shared = the_one_of(&guest("guest-mode0", "shared"), 16 << 20);
+        assert_eq!(shared.backing, Backing::SharedAnonymous);
+        assert!(shared.flags.contains(VmFlags::SHARED) && !shared.charged());
+        let sysv = the_one_of(&guest("guest-mode0", "sysv"), 16 << 20);
+        assert_eq!(sysv.backing, Backing::SysV);
+        assert!(!sysv.charged());
+
+        // The static probe's own: heap and stack charged, the kernel's pages not.
+        let maps = guest("guest-mode0", "charged");
+        for m in &maps {
+            match m.backing {
+                Backing::Special => assert!(!m.charged(), "{m:?}"),
+                Backing::Anonymous => assert!(m.charged(), "{m:?}"),
+                _ => {}
+            }
+        }
+    }
+
     /// Mappings as the kernel prints them, with the lines `top` does not read in between.
     fn render(mappings: &[(u64, u64, &str, &str, u64)]) -> String {
         let mut out = String::new();

@@ -515,6 +515,68 @@ fn watch_on_a_terminal_redraws_in_place_without_clearing_the_screen_again() {
     assert!(text.contains("python3"), "{text}");
 }
 
+// Snapshots of a real guest's /proc (tests/fixtures/top, written by tests/vm/top.rs).
+
+fn guest_fixture(name: &str) -> (PathBuf, Value, std::collections::BTreeMap<String, i64>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/top")
+        .join(name);
+    let holders = fs::read_to_string(dir.join("holders"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    let proc = dir.join("proc");
+    let (code, out, err) = run(ctl()
+        .arg("--proc-root")
+        .arg(&proc)
+        .args(["top", "--json", "--limit", "0"]));
+    assert_eq!(code, 0, "{err}");
+    (proc, json(&out), holders)
+}
+
+#[test]
+fn real_guest_snapshots_are_attributed_to_the_byte() {
+    for (name, noreserve_probe) in [("guest-mode0", "noreserve0"), ("guest-mode2", "noreserve2")] {
+        let (_, report, pids) = guest_fixture(name);
+        let charged = |holder: &str| {
+            holder_of(&report, pids[holder]).unwrap_or_else(|| panic!("{name}: no {holder} row"))
+                ["charged_bytes"]
+                .as_i64()
+                .unwrap()
+        };
+        let committed = report["committed_as_bytes"].as_i64().unwrap();
+        let gap = not_process(&report, "not_visible")["charged_bytes"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            gap.abs() * 50 <= committed,
+            "{name}: {gap} of {committed} unattributed"
+        );
+        let extra = charged("charged") - charged("shared");
+        assert!(
+            (extra - (300 * MIB) as i64).abs() <= 8192,
+            "{name}: {extra}"
+        );
+        let noreserve = charged(noreserve_probe) - charged("shared");
+        let expected = if name == "guest-mode2" {
+            300 * MIB as i64
+        } else {
+            0
+        };
+        assert!((noreserve - expected).abs() <= 8192, "{name}: {noreserve}");
+        assert_eq!(not_process(&report, "sysv_shm")["charged_bytes"], 16 * MIB);
+        assert_eq!(
+            not_process(&report, "shared_anonymous")["charged_bytes"],
+            16 * MIB
+        );
+        assert!(report["kernel_threads"].as_u64().unwrap() > 10);
+    }
+}
+
 // Real processes on this machine's /proc.
 
 /// Re-runs this test binary as a process holding `bytes` of one private writable anonymous
