@@ -329,7 +329,7 @@ impl TopReport {
                         ),
                     )
                 } else if row.charged_bytes < 0 {
-                    "more attributed than charged: SysV segments made with SHM_NORESERVE?".into()
+                    "more attributed than charged: processes changed while read, or SysV segments made with SHM_NORESERVE".into()
                 } else {
                     "other PID namespaces, swapped-out tmpfs, changes while reading".into()
                 };
