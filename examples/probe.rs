@@ -229,7 +229,9 @@ fn snapshot() {
         let mut file = File::open(path).ok()?;
         let start = *used;
         loop {
-            match file.read(&mut arena[*used..]) {
+            // In pieces: a sysctl read larger than KMALLOC_MAX_SIZE fails with ENOMEM.
+            let end = (*used + 65536).min(ARENA);
+            match file.read(&mut arena[*used..end]) {
                 Ok(0) => return Some((start, *used)),
                 Ok(n) => *used += n,
                 Err(_) => return None,
