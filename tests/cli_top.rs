@@ -548,6 +548,8 @@ fn real_guest_snapshots_are_attributed_to_the_byte() {
                 .as_i64()
                 .unwrap()
         };
+        let mode = if name == "guest-mode2" { "never" } else { "heuristic" };
+        assert_eq!(report["mode"], mode, "{name}");
         let committed = report["committed_as_bytes"].as_i64().unwrap();
         let gap = not_process(&report, "not_visible")["charged_bytes"]
             .as_i64()
