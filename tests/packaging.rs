@@ -315,4 +315,6 @@ fn the_prometheus_exporter_writes_the_textfile() {
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(dir.path().join("overcommit.prom")).unwrap();
     assert!(text.contains("overcommit_mode 2\n"), "{text}");
+    let top = std::fs::read_to_string(dir.path().join("overcommit-top.prom")).unwrap();
+    assert!(top.contains("overcommit_not_process_charged_bytes{kind=\"shmem\"}"), "{top}");
 }
