@@ -193,8 +193,8 @@ pub enum GroupBy {
     Process,
     User,
     Cgroup,
-    /// The Slurm job (from the cgroup path), else the tag of a lease whose holder is the
-    /// process or an ancestor.
+    // The Slurm job (from the cgroup path), else the tag of a lease whose holder is the
+    // process or an ancestor (see `jobs`).
     Job,
 }
 
@@ -296,24 +296,18 @@ pub enum HolderKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Holder {
     pub kind: HolderKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
     pub processes: usize,
     pub charged_bytes: u64,
     pub noreserve_bytes: u64,
     pub rss_bytes: u64,
-    pub percent_of_committed_as: f64,
-    pub percent_of_commit_limit: f64,
+    pub committed_as_percent: f64,
+    pub commit_limit_percent: f64,
 }
 
 impl Holder {
@@ -330,8 +324,8 @@ impl Holder {
             charged_bytes: 0,
             noreserve_bytes: 0,
             rss_bytes: 0,
-            percent_of_committed_as: 0.0,
-            percent_of_commit_limit: 0.0,
+            committed_as_percent: 0.0,
+            commit_limit_percent: 0.0,
         }
     }
 
@@ -441,8 +435,8 @@ pub fn holders(
         rows.push(other);
     }
     for row in &mut rows {
-        row.percent_of_committed_as = percent(row.charged_bytes.into(), memory.committed_as);
-        row.percent_of_commit_limit = percent(row.charged_bytes.into(), memory.commit_limit);
+        row.committed_as_percent = percent(row.charged_bytes.into(), memory.committed_as);
+        row.commit_limit_percent = percent(row.charged_bytes.into(), memory.commit_limit);
     }
     rows
 }
@@ -661,7 +655,7 @@ mod tests {
         let by_process = holders(&processes, GroupBy::Process, &mem, 2, &mut names, &jobs);
         assert_eq!(by_process.len(), 3);
         assert_eq!(by_process[0].pid, Some(2));
-        assert_eq!(by_process[0].percent_of_committed_as, 30.0);
+        assert_eq!(by_process[0].committed_as_percent, 30.0);
         assert_eq!(by_process[0].job.as_deref(), Some("1"));
         assert_eq!(by_process[1].pid, Some(3));
         assert_eq!(by_process[2].kind, HolderKind::Other);

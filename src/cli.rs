@@ -33,6 +33,7 @@ Examples:
   overcommitctl status
   overcommitctl status --short                               (prompts, scripts)
   overcommitctl check --shape 210000x210000 --dtype float64
+  sudo overcommitctl top --by job                            (who holds the commit charge)
   overcommitctl run --mode always -- python3 job.py
   overcommitctl lease --ttl 12h --tag slurm-$SLURM_JOB_ID     (prolog)
   overcommitctl release --tag slurm-$SLURM_JOB_ID             (epilog)
@@ -218,6 +219,12 @@ pub enum CtlCommand {
     /// List the live leases.
     Leases,
     /// Who holds the commit charge: per process, user, cgroup or job, and what no process holds.
+    ///
+    /// Adds up each process's mappings that the kernel charged to Committed_AS (VmFlags `ac` in
+    /// /proc/PID/smaps) and names the rest: shared memory, SysV segments, and what is not
+    /// visible from here. Processes are read under --proc-root, like Committed_AS, so that the
+    /// rows add up. Root sees every process; other users see their own and are told how many
+    /// they could not read.
     Top(TopArgs),
 }
 

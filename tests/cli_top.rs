@@ -20,6 +20,11 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
+/// `text` as the one JSON object the schema `file` of docs/schema/ describes.
+fn valid(file: &str, text: &str) -> Value {
+    common::schema::docs_schemas().assert_valid(file, text)
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
@@ -122,7 +127,7 @@ impl Node {
         all.extend_from_slice(args);
         let (code, out, err) = self.top(&all);
         assert_eq!(code, 0, "{err}");
-        json(&out)
+        valid("top.json", &out)
     }
 }
 
@@ -166,7 +171,7 @@ fn processes_are_charged_their_accounted_mappings_exactly() {
     );
     let committed = report["committed_as_bytes"].as_u64().unwrap();
     let share = 300.0 * MIB as f64 * 100.0 / committed as f64;
-    assert!((python["percent_of_committed_as"].as_f64().unwrap() - share).abs() < 0.01);
+    assert!((python["committed_as_percent"].as_f64().unwrap() - share).abs() < 0.01);
 }
 
 #[test]
@@ -535,7 +540,7 @@ fn guest_fixture(name: &str) -> (PathBuf, Value, std::collections::BTreeMap<Stri
         .arg(&proc)
         .args(["top", "--json", "--limit", "0"]));
     assert_eq!(code, 0, "{err}");
-    (proc, json(&out), holders)
+    (proc, valid("top.json", &out), holders)
 }
 
 #[test]
@@ -548,7 +553,11 @@ fn real_guest_snapshots_are_attributed_to_the_byte() {
                 .as_i64()
                 .unwrap()
         };
-        let mode = if name == "guest-mode2" { "never" } else { "heuristic" };
+        let mode = if name == "guest-mode2" {
+            "never"
+        } else {
+            "heuristic"
+        };
         assert_eq!(report["mode"], mode, "{name}");
         let committed = report["committed_as_bytes"].as_i64().unwrap();
         let gap = not_process(&report, "not_visible")["charged_bytes"]
@@ -659,7 +668,7 @@ fn real_top(command: &mut Command) -> Value {
     let (code, out, err) =
         run(command.args(["--proc-root", "/proc", "top", "--json", "--limit", "0"]));
     assert_eq!(code, 0, "{err}");
-    json(&out)
+    valid("top.json", &out)
 }
 
 fn holder_of(report: &Value, pid: i64) -> Option<&Value> {
@@ -777,7 +786,7 @@ fn a_lease_holder_and_its_command_are_one_job() {
         "0",
     ]));
     assert_eq!(code, 0, "{err}");
-    let by_job = json(&out);
+    let by_job = valid("top.json", &out);
     let job = by_job["holders"]
         .as_array()
         .unwrap()
@@ -810,7 +819,7 @@ fn status_names_the_three_largest_holders_when_headroom_is_low() {
         .arg(node.proc())
         .args(["status", "--json"]));
     assert_eq!(code, 0, "{err}");
-    let report = json(&out);
+    let report = valid("status.json", &out);
     let holders: Vec<i64> = report["commit_holders"]
         .as_array()
         .unwrap_or_else(|| panic!("{report:#}"))
@@ -834,7 +843,7 @@ fn status_names_the_three_largest_holders_when_headroom_is_low() {
         .arg("--proc-root")
         .arg(roomy.proc())
         .args(["status", "--json"]));
-    assert!(json(&out)["commit_holders"].is_null());
+    assert!(valid("status.json", &out)["commit_holders"].is_null());
 }
 
 #[test]
@@ -844,8 +853,8 @@ fn check_names_who_holds_the_charge_when_mode_never_refuses() {
         let (code, out, err) = run(ctl()
             .arg("--proc-root")
             .arg(node.proc())
-            .args(["check", size, "--root", "--json"]));
-        (code, json(&out), err)
+            .args(["check", size, "--root", "--via", "mmap", "--json"]));
+        (code, valid("check.json", &out), err)
     };
     let (code, refused, err) = check("100M");
     assert_eq!(
@@ -865,6 +874,6 @@ fn check_names_who_holds_the_charge_when_mode_never_refuses() {
     let (_, text, _) = run(ctl()
         .arg("--proc-root")
         .arg(node.proc())
-        .args(["check", "100M", "--root"]));
+        .args(["check", "100M", "--root", "--via", "mmap"]));
     assert!(text.contains("Who holds the charge in the way"), "{text}");
 }

@@ -265,21 +265,24 @@ pub fn json_line(value: &impl Serialize) -> Result<String, serde_json::Error> {
     Ok(line)
 }
 
+/// The format of `status` and `top`: --json is --format json, and conflicts with prometheus.
+fn output_format(json: bool, format: StatusFormat) -> Result<StatusFormat, CtlError> {
+    match (json, format) {
+        (false, format) => Ok(format),
+        (true, StatusFormat::Text | StatusFormat::Json) => Ok(StatusFormat::Json),
+        (true, StatusFormat::Prometheus) => Err(CtlError::Usage(
+            "--json and --format prometheus are two formats: give one".into(),
+        )),
+    }
+}
+
 /// Runs one `overcommitctl` invocation; returns the process exit code.
 pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
     let globals = &cli.global;
     let json = globals.json;
     match cli.command {
         CtlCommand::Status(args) => {
-            let format = match (json, args.format) {
-                (false, format) => format,
-                (true, StatusFormat::Text | StatusFormat::Json) => StatusFormat::Json,
-                (true, StatusFormat::Prometheus) => {
-                    return Err(CtlError::Usage(
-                        "--json and --format prometheus are two formats: give one".into(),
-                    ))
-                }
-            };
+            let format = output_format(json, args.format)?;
             if args.short && json {
                 return Err(CtlError::Usage(
                     "--short and --json are two formats: give one".into(),

@@ -22,10 +22,9 @@ use crate::size::HumanBytes;
 
 use super::{print_json, print_text, quiet_on_closed_pipe, CtlError, Globals};
 
-/// `top --json`: one object, exact bytes (docs/json-top.md).
+/// `top --json`: one object, exact bytes (docs/json.md, schema/top.json).
 #[derive(Debug, Serialize)]
 pub struct TopReport {
-    pub schema_version: u32,
     pub by: GroupBy,
     pub proc_root: String,
     /// `None` when the tree has no sys/vm/overcommit_memory.
@@ -52,15 +51,12 @@ pub struct NotProcess {
     pub kind: NotProcessKind,
     /// Negative only for `not_visible`, when more was attributed than is charged.
     pub charged_bytes: i64,
-    pub percent_of_committed_as: f64,
-    pub percent_of_commit_limit: f64,
+    pub committed_as_percent: f64,
+    pub commit_limit_percent: f64,
     /// SysV segments or shared anonymous objects.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub objects: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub resident_bytes: Option<u64>,
     /// Hugetlb pools: never charged (`charged_bytes` is 0), shown for context.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hugetlb_bytes: Option<u64>,
 }
 
@@ -119,7 +115,6 @@ impl TopReport {
         let remainder =
             charge::remainder(&memory, processes_charged_bytes, scan.shared.totals(), sysv);
         Ok(TopReport {
-            schema_version: 1,
             by,
             proc_root: proc_root.path().display().to_string(),
             mode,
@@ -203,8 +198,8 @@ impl TopReport {
                 ("-".to_string(), "-".to_string())
             } else {
                 (
-                    format!("{:.1}%", row.percent_of_committed_as),
-                    format!("{:.1}%", row.percent_of_commit_limit),
+                    format!("{:.1}%", row.committed_as_percent),
+                    format!("{:.1}%", row.commit_limit_percent),
                 )
             };
             rest.row(vec![label, charged, pc, pl, note]);
@@ -261,8 +256,8 @@ impl TopReport {
             };
             cells.extend([
                 HumanBytes(h.charged_bytes).to_string(),
-                format!("{:.1}%", h.percent_of_committed_as),
-                format!("{:.1}%", h.percent_of_commit_limit),
+                format!("{:.1}%", h.committed_as_percent),
+                format!("{:.1}%", h.commit_limit_percent),
                 HumanBytes(h.rss_bytes).to_string(),
             ]);
             if noreserve {
@@ -444,7 +439,7 @@ pub fn holders_section(title: &str, holders: &[Holder]) -> String {
             format!(
                 "{}, {:.1}% of Committed_AS",
                 h.user.as_deref().unwrap_or("?"),
-                h.percent_of_committed_as
+                h.committed_as_percent
             ),
         );
     }
@@ -460,8 +455,8 @@ fn not_processes(r: &Remainder, memory: &Memory) -> Vec<NotProcess> {
     let row = |kind, charged: i64| NotProcess {
         kind,
         charged_bytes: charged,
-        percent_of_committed_as: charge::percent(charged.into(), memory.committed_as),
-        percent_of_commit_limit: charge::percent(charged.into(), memory.commit_limit),
+        committed_as_percent: charge::percent(charged.into(), memory.committed_as),
+        commit_limit_percent: charge::percent(charged.into(), memory.commit_limit),
         objects: None,
         resident_bytes: None,
         hugetlb_bytes: None,
@@ -554,11 +549,7 @@ impl Table {
 
 /// Runs `top` once, or with --watch until interrupted.
 pub fn top(globals: &Globals, args: &TopArgs) -> Result<u8, CtlError> {
-    let format = if globals.json {
-        StatusFormat::Json
-    } else {
-        args.format
-    };
+    let format = super::output_format(globals.json, args.format)?;
     let proc_root = globals.proc_root();
     let gather = |limit| TopReport::gather(&proc_root, Some(&globals.socket), args.by, limit);
     let Some(interval) = args.watch else {
@@ -625,7 +616,7 @@ mod watch {
                 Err(e) => break Err(e),
             };
             let frame = match format {
-                StatusFormat::Json => serde_json::to_string(&report)? + "\n",
+                StatusFormat::Json => crate::ctl::json_line(&report)?,
                 StatusFormat::Prometheus => report.prometheus() + "\n",
                 StatusFormat::Text if terminal => in_place(&report.render(), interval),
                 StatusFormat::Text => report.render() + "\n",

@@ -74,7 +74,7 @@ block mode2-snapshot probe snapshot
 echo $(( $(kb Committed_AS) * 102 / 100 )) > /proc/sys/vm/overcommit_kbytes
 block low-status overcommitctl status --json
 block low-status-text overcommitctl status
-block low-check overcommitctl check 100M --root --json
+block low-check overcommitctl check 100M --root --via mmap --json
 echo 50 > /proc/sys/vm/overcommit_ratio
 echo 0 > /proc/sys/vm/overcommit_memory
 kill $CHARGED $NORESERVE0 $SHARED $SYSV $NORESERVE2
