@@ -316,5 +316,8 @@ fn the_prometheus_exporter_writes_the_textfile() {
     let text = std::fs::read_to_string(dir.path().join("overcommit.prom")).unwrap();
     assert!(text.contains("overcommit_mode 2\n"), "{text}");
     let top = std::fs::read_to_string(dir.path().join("overcommit-top.prom")).unwrap();
-    assert!(top.contains("overcommit_not_process_charged_bytes{kind=\"shmem\"}"), "{top}");
+    assert!(
+        top.contains("overcommit_not_process_charged_bytes{kind=\"shmem\"}"),
+        "{top}"
+    );
 }
