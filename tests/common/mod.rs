@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod schema;
+pub mod top_report;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -36,6 +36,8 @@ mod harness;
 mod predictor;
 mod tally;
 mod top;
+#[path = "../common/top_report.rs"]
+mod top_report;
 mod writes;
 
 use harness::{host, Vm};

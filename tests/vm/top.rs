@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::harness::{files_in, Console, Host, Vm};
 use crate::tally::TestRun;
+use crate::top_report::{assert_charged_more, bytes, not_process, row, rows_sum};
 
 const MIB: i64 = 1 << 20;
 const HOLD: i64 = 300 * MIB;
@@ -97,42 +98,15 @@ fn holders(console: &Console) -> BTreeMap<String, i64> {
         .collect()
 }
 
-fn row(report: &Value, pid: i64) -> &Value {
-    report["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["pid"] == pid)
-        .unwrap_or_else(|| panic!("no row for pid {pid}: {report:#}"))
-}
-
-fn not_process<'a>(report: &'a Value, kind: &str) -> &'a Value {
-    report["not_processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} row: {report:#}"))
-}
-
-fn bytes(value: &Value, key: &str) -> i64 {
-    value[key]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{key} in {value}"))
-}
-
 /// Checks that every row adds up to Committed_AS and that what no row explains is within 2%;
 /// returns the figures for the report.
 fn adds_up(report: &Value, what: &str) -> String {
     let committed = bytes(report, "committed_as_bytes");
-    let rows: i64 = report["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(report["not_processes"].as_array().unwrap())
-        .map(|r| bytes(r, "charged_bytes"))
-        .sum();
-    assert_eq!(rows, committed, "{what}: the rows are Committed_AS");
+    assert_eq!(
+        rows_sum(report),
+        committed,
+        "{what}: the rows are Committed_AS"
+    );
     let gap = bytes(not_process(report, "not_visible"), "charged_bytes");
     assert!(
         gap.abs() * 50 <= committed,
@@ -176,12 +150,7 @@ pub fn run(test: &mut TestRun, host: &Host) {
         || {
             let charged = row(&mode0, pid("charged"));
             let free = row(&mode0, pid("noreserve0"));
-            let difference = bytes(charged, "charged_bytes") - bytes(free, "charged_bytes");
-            // The same program, one argument longer: its stack may differ by a page.
-            assert!(
-                (difference - HOLD).abs() <= 8192,
-                "charged {charged} vs noreserve {free}"
-            );
+            assert_charged_more(charged, free, HOLD, 8192);
             assert_eq!(bytes(free, "noreserve_bytes"), HOLD, "{free}");
             assert_eq!(bytes(charged, "noreserve_bytes"), 0, "{charged}");
             assert_eq!(
@@ -195,11 +164,7 @@ pub fn run(test: &mut TestRun, host: &Host) {
     test.scenario("top: MAP_NORESERVE is charged in mode 2", || {
         let mode0_free = row(&mode0, pid("noreserve0"));
         let strict = row(&mode2, pid("noreserve2"));
-        let difference = bytes(strict, "charged_bytes") - bytes(mode0_free, "charged_bytes");
-        assert!(
-            (difference - HOLD).abs() <= 8192,
-            "{strict} vs {mode0_free}"
-        );
+        assert_charged_more(strict, mode0_free, HOLD, 8192);
         assert_eq!(bytes(strict, "noreserve_bytes"), 0, "{strict}");
         // The one mapped in mode 0 keeps its flag.
         assert_eq!(
