@@ -417,8 +417,8 @@ fn open_pty() -> (fs::File, PathBuf) {
             .to_string_lossy()
             .into_owned();
         let size = libc::winsize {
-            ws_row: 30,
-            ws_col: 120,
+            ws_row: 18,
+            ws_col: 80,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
@@ -499,6 +499,28 @@ fn watch_on_a_terminal_redraws_in_place_without_clearing_the_screen_again() {
         &text[text.len().saturating_sub(40)..]
     );
     assert!(text.contains("python3"), "{text}");
+    // An 80 x 18 terminal: 3 holders and "other" fit, and no line wraps or scrolls it.
+    for frame in text.split("\x1b[H").skip(1) {
+        let frame = frame.split("\x1b[J").next().unwrap();
+        assert!(frame.matches('\n').count() < 18, "{frame}");
+        assert!(frame.contains("other (2 processes)"), "{frame}");
+        for line in frame.split("\x1b[K") {
+            let plain: String = {
+                let (mut out, mut esc) = (String::new(), false);
+                for c in line.chars() {
+                    match (esc, c) {
+                        (false, '\x1b') => esc = true,
+                        (true, 'm' | 'h' | 'l') => esc = false,
+                        (true, _) => {}
+                        (false, '\r' | '\n') => {}
+                        (false, c) => out.push(c),
+                    }
+                }
+                out
+            };
+            assert!(plain.chars().count() <= 80, "{plain:?}");
+        }
+    }
 }
 
 // Snapshots of a real guest's /proc (tests/fixtures/top, written by tests/vm/top.rs).

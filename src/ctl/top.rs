@@ -575,8 +575,10 @@ mod watch {
 
     use super::*;
 
-    /// Lines `render` prints besides the holder rows (title, column header, the other table).
-    const FIXED_LINES: usize = 12;
+    /// Lines a frame has besides the holder rows (the watch line, the title and read lines,
+    /// the column header, the table of what no process holds, the blank lines), and one
+    /// spare: a newline on the terminal's last line would scroll it.
+    const FIXED_LINES: usize = 14;
 
     pub fn run(
         interval: Duration,
@@ -602,8 +604,12 @@ mod watch {
             quiet_on_closed_pipe(out.write_all(b"\x1b[?25l\x1b[2J"))?;
         }
         let result = loop {
+            let size = terminal
+                .then(terminal_size::terminal_size)
+                .flatten()
+                .map(|(w, h)| (usize::from(w.0), usize::from(h.0)));
             let rows = terminal.then(|| {
-                let height = terminal_size::terminal_size().map_or(24, |(_, h)| usize::from(h.0));
+                let height = size.map_or(24, |(_, h)| h);
                 height.saturating_sub(FIXED_LINES).max(2)
             });
             // On a terminal, as many rows as fit (one of them for "other").
@@ -618,7 +624,9 @@ mod watch {
             let frame = match format {
                 StatusFormat::Json => crate::ctl::json_line(&report)?,
                 StatusFormat::Prometheus => report.prometheus() + "\n",
-                StatusFormat::Text if terminal => in_place(&report.render(), interval),
+                StatusFormat::Text if terminal => {
+                    in_place(&report.render(), interval, size.map_or(80, |(w, _)| w))
+                }
                 StatusFormat::Text => report.render() + "\n",
             };
             if let Err(e) =
@@ -638,8 +646,9 @@ mod watch {
         result
     }
 
-    /// One frame drawn over the previous one.
-    fn in_place(text: &str, interval: Duration) -> String {
+    /// One frame drawn over the previous one, each line cut to the terminal's `width` (a
+    /// wrapped line would push the frame off the screen).
+    fn in_place(text: &str, interval: Duration, width: usize) -> String {
         let mut frame = String::from("\x1b[?2026h\x1b[H");
         let _ = writeln!(
             frame,
@@ -650,11 +659,32 @@ mod watch {
             )
         );
         for line in text.lines() {
-            frame.push_str(line);
+            frame.push_str(&clip(line, width));
             frame.push_str("\x1b[K\n");
         }
         frame.push_str("\x1b[J\x1b[?2026l");
         frame
+    }
+
+    /// `line` cut to `width` visible characters; escape sequences are kept (and the style
+    /// reset after a cut).
+    fn clip(line: &str, width: usize) -> String {
+        if crate::output::visible_width(line) <= width {
+            return line.to_string();
+        }
+        let mut out = String::with_capacity(line.len());
+        let (mut visible, mut in_escape) = (0, false);
+        for c in line.chars() {
+            match (in_escape, c) {
+                (false, '\x1b') => in_escape = true,
+                (true, 'm') => in_escape = false,
+                (true, _) => {}
+                (false, _) if visible == width => continue,
+                (false, _) => visible += 1,
+            }
+            out.push(c);
+        }
+        out + "\x1b[0m"
     }
 
     trait TimedWait {
@@ -682,6 +712,24 @@ mod watch {
                     return None;
                 }
             }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn lines_are_cut_to_the_width_without_cutting_escapes() {
+            assert_eq!(clip("abcdef", 4), "abcd\x1b[0m");
+            assert_eq!(clip("abc", 4), "abc");
+            let painted = format!("ab{}", paint(DIM, "cdef"));
+            let cut = clip(&painted, 3);
+            assert_eq!(crate::output::visible_width(&cut), 3);
+            assert!(
+                cut.starts_with("ab\x1b[") && cut.ends_with("\x1b[0m"),
+                "{cut:?}"
+            );
         }
     }
 }
