@@ -54,7 +54,9 @@ impl MappingTally {
         } else if mapping.noreserve() {
             self.noreserve_bytes += mapping.size();
         }
-        if mapping.backing == Backing::SharedAnonymous {
+        if mapping.backing == Backing::SharedAnonymous
+            && mapping.flags.contains(crate::smaps::VmFlags::SHARED)
+        {
             shared.add(mapping);
         }
     }
@@ -352,7 +354,11 @@ impl Holder {
             HolderKind::Job => &self.job,
             HolderKind::Other => &None,
         };
-        name.as_deref().unwrap_or("other")
+        match name.as_deref() {
+            None => "other",
+            Some("") => "-",
+            Some(name) => name,
+        }
     }
 }
 

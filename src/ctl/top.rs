@@ -443,11 +443,12 @@ pub fn holders_section(title: &str, holders: &[Holder]) -> String {
             ),
         );
     }
-    section.row(
-        "",
-        "",
-        "all of them, and what no process holds: overcommitctl top",
-    );
+    let scope = if nix::unistd::geteuid().is_root() {
+        "all of them, and what no process holds: overcommitctl top"
+    } else {
+        "of your own processes only (root reads everyone's): overcommitctl top"
+    };
+    section.row("", "", scope);
     section.to_string()
 }
 
