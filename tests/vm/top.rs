@@ -113,12 +113,13 @@ fn adds_up(report: &Value, what: &str) -> String {
         "{what}: {gap} bytes of Committed_AS {committed} not attributed (more than 2%): {report:#}"
     );
     format!(
-        "{what}: Committed_AS {committed}, processes {}, shmem {}, sysv {}, shared anonymous {}, unattributed {gap} ({:+.3}%)",
+        "{what}: Committed_AS {committed}, processes {}, shmem {}, sysv {}, shared anonymous {}, unattributed {gap} ({:+.3}%; Committed_AS moved {} during the read)",
         bytes(report, "processes_charged_bytes"),
         bytes(not_process(report, "shmem"), "charged_bytes"),
         bytes(not_process(report, "sysv_shm"), "charged_bytes"),
         bytes(not_process(report, "shared_anonymous"), "charged_bytes"),
-        gap as f64 * 100.0 / committed as f64
+        gap as f64 * 100.0 / committed as f64,
+        bytes(report, "committed_as_change_bytes")
     )
 }
 
