@@ -316,10 +316,15 @@ impl TopReport {
                         HumanBytes(moved)
                     )
                 } else if c.processes_unreadable > 0 {
+                    let why = if nix::unistd::geteuid().is_root() {
+                        "permission denied even to root: protected from ptrace"
+                    } else {
+                        "permission denied; root reads other users'"
+                    };
                     paint(
                         WARN,
                         format!(
-                            "{} could not be read (permission denied; root reads other users')",
+                            "{} could not be read ({why})",
                             plural(c.processes_unreadable, "process", "processes")
                         ),
                     )
