@@ -442,6 +442,9 @@ pub struct DaemonCli {
     /// Directory laid out like /proc where the node-wide kernel files are read and written.
     #[arg(long, value_name = "DIR", default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// Root under which the sysctl.d directories are read (the node's boot policy).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub sysctl_root: PathBuf,
     /// Validate the configuration and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,

@@ -93,7 +93,33 @@ pub struct Profile {
     pub file: PathBuf,
 }
 
+impl From<&Profile> for crate::protocol::ProfileInfo {
+    fn from(p: &Profile) -> Self {
+        crate::protocol::ProfileInfo {
+            name: p.name.clone(),
+            description: p.description.clone(),
+            mode: p.mode,
+            limit: p.limit,
+            swappiness: p.swappiness,
+            min_swap: p.min_swap,
+        }
+    }
+}
+
 impl Profile {
+    /// A profile as the daemon reported it, with the file it is read from (not on the wire).
+    pub fn from_info(info: crate::protocol::ProfileInfo, file: PathBuf) -> Profile {
+        Profile {
+            name: info.name,
+            description: info.description,
+            mode: info.mode,
+            limit: info.limit,
+            swappiness: info.swappiness,
+            min_swap: info.min_swap,
+            file,
+        }
+    }
+
     /// The full policy, with `fallback` where the profile sets no limit.
     pub fn policy(&self, fallback: Limit) -> Policy {
         Policy {
@@ -254,8 +280,26 @@ impl Config {
     }
 }
 
+/// The largest configuration file read (a profile is a few lines).
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// Reads a configuration file: a regular file only (a FIFO or device is refused without
+/// blocking on it), at most [`MAX_CONFIG_FILE`] bytes of UTF-8.
 fn read(path: &Path) -> Result<String, ConfigError> {
-    fs::read_to_string(path).map_err(|e| whole_file(path, format!("cannot read: {e}")))
+    use std::io::Read;
+    let file = crate::kernel::open_regular(path, false)
+        .map_err(|e| whole_file(path, format!("cannot read: {e}")))?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| whole_file(path, format!("cannot read: {e}")))?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(whole_file(
+            path,
+            format!("larger than {MAX_CONFIG_FILE} bytes: not a configuration file"),
+        ));
+    }
+    Ok(text)
 }
 
 fn whole_file(path: &Path, message: String) -> ConfigError {
@@ -357,10 +401,16 @@ fn size_value(source: &Source<'_>, value: Spanned<SizeValue>) -> Result<u64, Con
     }
 }
 
+/// The longest TTL a configuration may give (as the protocol's `ttl_secs`).
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 86400);
+/// The longest timeout or interval a configuration may give.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(86400);
+
 fn duration_value(
     source: &Source<'_>,
     value: Spanned<String>,
     zero_means_never: bool,
+    max: Duration,
 ) -> Result<Option<Duration>, ConfigError> {
     let span = value.span();
     let text = value.into_inner();
@@ -371,6 +421,15 @@ fn duration_value(
         crate::cli::parse_duration(&text).map_err(|e| source.error(Some(span.clone()), e))?;
     if duration.is_zero() && !zero_means_never {
         return Err(source.error(Some(span), "a duration of 0 is not allowed here"));
+    }
+    if duration > max {
+        return Err(source.error(
+            Some(span),
+            format!(
+                "{text} is too long: at most {} day(s)",
+                max.as_secs() / 86400
+            ),
+        ));
     }
     Ok(if duration.is_zero() {
         None
@@ -409,20 +468,21 @@ fn daemon_settings(source: &Source<'_>, raw: RawDaemon) -> Result<DaemonSettings
         settings.drift = drift;
     }
     if let Some(interval) = raw.drift_interval {
-        settings.drift_interval = duration_value(source, interval, true)?;
+        settings.drift_interval = duration_value(source, interval, true, MAX_INTERVAL)?;
     }
     if let Some(margin) = raw.lockout_margin {
         settings.lockout_margin = size_value(source, margin)?;
     }
     if let Some(ttl) = raw.default_ttl {
-        settings.default_ttl = duration_value(source, ttl, false)?.unwrap_or(settings.default_ttl);
+        settings.default_ttl =
+            duration_value(source, ttl, false, MAX_TTL)?.unwrap_or(settings.default_ttl);
     }
     if let Some(max) = raw.max_clients {
         settings.max_clients = bounded(source, &max, "max_clients", 1..65_537)? as usize;
     }
     if let Some(timeout) = raw.client_timeout {
-        settings.client_timeout =
-            duration_value(source, timeout, false)?.unwrap_or(settings.client_timeout);
+        settings.client_timeout = duration_value(source, timeout, false, MAX_INTERVAL)?
+            .unwrap_or(settings.client_timeout);
     }
     Ok(settings)
 }
@@ -502,7 +562,9 @@ fn access_rule(source: &Source<'_>, raw: Spanned<RawAccess>) -> Result<AccessRul
         ));
     }
     let max_ttl = match raw.max_ttl {
-        Some(ttl) => duration_value(source, ttl, false)?.unwrap_or(Duration::from_secs(24 * 3600)),
+        Some(ttl) => {
+            duration_value(source, ttl, false, MAX_TTL)?.unwrap_or(Duration::from_secs(24 * 3600))
+        }
         None => Duration::from_secs(24 * 3600),
     };
     Ok(AccessRule {
@@ -681,6 +743,51 @@ max_leases = 4
         assert_eq!(
             config.unwrap().daemon.drift_interval,
             Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn durations_are_bounded_so_no_accepted_value_can_overflow_a_clock() {
+        let huge = "18446744073709551615s";
+        for (key, table) in [
+            ("default_ttl", "daemon"),
+            ("client_timeout", "daemon"),
+            ("drift_interval", "daemon"),
+        ] {
+            let e = error(&format!("[{table}]\n{key} = \"{huge}\"\n"), &[]);
+            assert!(e.message.contains("too long"), "{key}: {e}");
+            assert_eq!(e.line, 2, "{e}");
+        }
+        let e = error(
+            &format!("[[access]]\nusers = [1]\nmax_ttl = \"{huge}\"\n"),
+            &[],
+        );
+        assert!(e.message.contains("at most 366 day(s)"), "{e}");
+        let e = error("[daemon]\nclient_timeout = \"2days\"\n", &[]);
+        assert!(e.message.contains("at most 1 day(s)"), "{e}");
+        let (_d, ok) = load(
+            "[daemon]\ndefault_ttl = \"366days\"\nclient_timeout = \"1day\"\n",
+            &[],
+        );
+        ok.unwrap();
+    }
+
+    #[test]
+    fn a_fifo_or_directory_as_config_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("overcommitd.toml");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        fs::write(&path, "").unwrap();
+        fs::create_dir(dir.path().join("profiles.d")).unwrap();
+        let profile = dir.path().join("profiles.d/x.toml");
+        nix::unistd::mkfifo(&profile, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(
+            e.file.ends_with("x.toml") && e.message.contains("not a regular file"),
+            "{e}"
         );
     }
 

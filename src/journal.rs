@@ -1,7 +1,10 @@
-//! The daemon's crash-safe journal: the intended state (baseline, leases, the values found
-//! before the first write), written before the kernel is touched, atomically: write a
-//! temporary file, fsync it, rename it over the old one, fsync the directory. The directory
-//! must be root's own (or the daemon user's), 0700, and is never reached through a symlink.
+//! The daemon's crash-safe journal: the intended state (baseline, leases), written before the
+//! kernel is touched, atomically: write a new temporary file, fsync it, rename it over the old
+//! one, fsync the directory. The directory must be root's own (or the daemon user's), 0700, and
+//! is never reached through a symlink; the files in it are opened without following symlinks
+//! or blocking, and anything but a regular file of ours is refused.
+//!
+//! The daemon reaches it through [`JournalStore`], so tests inject failures (ENOSPC, EIO).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -10,15 +13,18 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::Mode as FileMode;
+use nix::unistd::UnlinkatFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
-use crate::model::{Policy, Tunables};
+use crate::model::Policy;
 
 const STATE_FILE: &str = "state.json";
 const TEMP_FILE: &str = ".state.json.tmp";
+/// The largest journal read back (10,000 leases take about 5 MiB).
+const MAX_JOURNAL: u64 = 64 << 20;
 /// The journal format; a file of another version is set aside, not guessed at.
-pub const JOURNAL_VERSION: u32 = 1;
+pub const JOURNAL_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -28,7 +34,7 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
-    #[error("state directory {}: {problem}", path.display())]
+    #[error("{}: {problem}", path.display())]
     Unsafe {
         path: PathBuf,
         problem: &'static str,
@@ -39,28 +45,61 @@ pub enum JournalError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("journal {}: format version {found}, this daemon writes {JOURNAL_VERSION}", path.display())]
+    Version { path: PathBuf, found: u32 },
 }
 
 /// A baseline set at run time (`set`, `apply`, or adopted drift), kept across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminBaseline {
     pub name: String,
     pub policy: Policy,
     pub swappiness: Option<u64>,
+    /// Set with `force`: root overrode the lockout guard for it, which then stays off for it.
+    #[serde(default)]
+    pub forced: bool,
 }
 
 /// What the journal holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct State {
     pub version: u32,
     /// /proc/sys/kernel/random/boot_id of the boot this state belongs to.
     pub boot_id: String,
-    /// The kernel's values before the daemon's first write in this boot.
-    pub original: Tunables,
     pub admin_baseline: Option<AdminBaseline>,
     pub leases: Vec<Lease>,
     /// The policy the kernel is meant to hold.
     pub effective: Policy,
+}
+
+/// Parses a journal's bytes (no I/O): what [`Journal::load`] and the fuzzer read.
+pub fn parse_state(bytes: &[u8]) -> Result<State, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// What changed since the last save. The whole-file journal ignores it; an append-only one
+/// records just this and compacts from the full state now and then.
+#[derive(Debug, Clone, Copy)]
+pub enum JournalChange<'a> {
+    /// The state as found at start, or after a failed save: write it whole.
+    Whole,
+    Granted(&'a Lease),
+    Ended(&'a [String]),
+    Baseline,
+}
+
+/// Where the engine keeps its intended state.
+pub trait JournalStore {
+    /// The state saved last, `None` if there is none. Any problem with it is an error.
+    fn load(&mut self) -> Result<Option<State>, JournalError>;
+    /// Saves `state` durably before the kernel is touched.
+    fn save(&mut self, state: &State, change: JournalChange<'_>) -> Result<(), JournalError>;
+    /// Moves an unusable journal aside (kept for the admin); its new name.
+    fn set_aside(&mut self, why: &str) -> Result<String, JournalError>;
+    /// Where it lives, for log lines.
+    fn describe(&self) -> String;
 }
 
 /// The state directory, opened once without following symlinks.
@@ -118,46 +157,82 @@ impl Journal {
         &self.path
     }
 
-    /// Reads the state, `None` if there is none yet.
-    pub fn load(&self) -> Result<Option<State>, JournalError> {
+    fn io(&self, source: io::Error) -> JournalError {
+        JournalError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+impl JournalStore for Journal {
+    fn load(&mut self) -> Result<Option<State>, JournalError> {
+        let state_path = self.path.join(STATE_FILE);
         let file = match openat(
             self.dir.as_fd(),
             STATE_FILE,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
             FileMode::empty(),
         ) {
             Ok(fd) => fd,
             Err(nix::Error::ENOENT) => return Ok(None),
+            Err(nix::Error::ELOOP) => {
+                return Err(JournalError::Unsafe {
+                    path: state_path,
+                    problem: "is a symlink",
+                })
+            }
             Err(e) => return Err(self.io(e.into())),
         };
-        let mut file = std::fs::File::from(file);
-        if file.metadata().map_err(|e| self.io(e))?.uid() != nix::unistd::geteuid().as_raw() {
+        let file = std::fs::File::from(file);
+        let meta = file.metadata().map_err(|e| self.io(e))?;
+        if !meta.file_type().is_file() {
             return Err(JournalError::Unsafe {
-                path: self.path.join(STATE_FILE),
+                path: state_path,
+                problem: "is not a regular file",
+            });
+        }
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(JournalError::Unsafe {
+                path: state_path,
                 problem: "is owned by another user",
             });
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(|e| self.io(e))?;
-        let state: State = serde_json::from_str(&text).map_err(|source| JournalError::Corrupt {
-            path: self.path.join(STATE_FILE),
+        let mut bytes = Vec::new();
+        file.take(MAX_JOURNAL)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.io(e))?;
+        let state = parse_state(&bytes).map_err(|source| JournalError::Corrupt {
+            path: state_path.clone(),
             source,
         })?;
+        if state.version != JOURNAL_VERSION {
+            return Err(JournalError::Version {
+                path: state_path,
+                found: state.version,
+            });
+        }
         Ok(Some(state))
     }
 
-    /// Writes the state atomically and durably.
-    pub fn save(&self, state: &State) -> Result<(), JournalError> {
+    fn save(&mut self, state: &State, _change: JournalChange<'_>) -> Result<(), JournalError> {
         let mut text =
             serde_json::to_vec_pretty(state).map_err(|source| JournalError::Corrupt {
                 path: self.path.join(STATE_FILE),
                 source,
             })?;
         text.push(b'\n');
+        // A fresh file every time: whatever sits at the temporary name (a stale file, a FIFO
+        // that would block the open) is removed first, and O_EXCL makes sure it is ours.
+        match nix::unistd::unlinkat(self.dir.as_fd(), TEMP_FILE, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(self.io(e.into())),
+        }
         let flags = OFlag::O_WRONLY
             | OFlag::O_CREAT
-            | OFlag::O_TRUNC
+            | OFlag::O_EXCL
             | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
             | OFlag::O_CLOEXEC;
         let fd = openat(
             self.dir.as_fd(),
@@ -176,9 +251,11 @@ impl Journal {
         Ok(())
     }
 
-    /// Moves an unreadable journal aside (kept for the admin), so the daemon can start.
-    pub fn set_aside(&self) -> Result<String, JournalError> {
-        let name = format!("state.json.corrupt-{}", std::process::id());
+    fn set_aside(&mut self, why: &str) -> Result<String, JournalError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!("state.json.{why}-{stamp}-{}", std::process::id());
         renameat(
             self.dir.as_fd(),
             STATE_FILE,
@@ -189,11 +266,8 @@ impl Journal {
         Ok(name)
     }
 
-    fn io(&self, source: io::Error) -> JournalError {
-        JournalError::Io {
-            path: self.path.clone(),
-            source,
-        }
+    fn describe(&self) -> String {
+        self.path.join(STATE_FILE).display().to_string()
     }
 }
 
@@ -207,7 +281,6 @@ mod tests {
         State {
             version: JOURNAL_VERSION,
             boot_id: "b".into(),
-            original: crate::model::testing::tunables(Mode::Heuristic, 50, 0),
             admin_baseline: None,
             leases: vec![],
             effective: Policy {
@@ -221,13 +294,13 @@ mod tests {
     fn saves_and_loads_atomically() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
-        let journal = Journal::open(&dir).unwrap();
+        let mut journal = Journal::open(&dir).unwrap();
         assert_eq!(
             std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
             0o700
         );
         assert_eq!(journal.load().unwrap(), None);
-        journal.save(&state()).unwrap();
+        journal.save(&state(), JournalChange::Whole).unwrap();
         assert_eq!(journal.load().unwrap(), Some(state()));
         assert!(!dir.join(TEMP_FILE).exists());
     }
@@ -252,14 +325,48 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_journal_is_reported_and_can_be_set_aside() {
+    fn every_unusable_journal_is_an_error_and_can_be_set_aside() {
         let tmp = tempfile::tempdir().unwrap();
-        let journal = Journal::open(tmp.path()).unwrap();
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::write(tmp.path().join(STATE_FILE), "{ half").unwrap();
-        assert!(matches!(journal.load(), Err(JournalError::Corrupt { .. })));
-        let aside = journal.set_aside().unwrap();
-        assert!(tmp.path().join(aside).exists());
-        assert_eq!(journal.load().unwrap(), None);
+        let mut journal = Journal::open(tmp.path()).unwrap();
+        let path = tmp.path().join(STATE_FILE);
+        let cases: [(&str, &dyn Fn()); 5] = [
+            ("truncated", &|| std::fs::write(&path, "{ half").unwrap()),
+            ("invalid UTF-8", &|| {
+                std::fs::write(&path, b"{\"v\xff\": 1}").unwrap()
+            }),
+            ("a FIFO", &|| {
+                nix::unistd::mkfifo(&path, FileMode::from_bits_truncate(0o600)).unwrap()
+            }),
+            ("a symlink", &|| {
+                std::os::unix::fs::symlink("/etc/passwd", &path).unwrap()
+            }),
+            ("another version", &|| {
+                let mut old = serde_json::to_value(state()).unwrap();
+                old["version"] = 1.into();
+                std::fs::write(&path, old.to_string()).unwrap()
+            }),
+        ];
+        for (what, make) in cases {
+            make();
+            assert!(journal.load().is_err(), "{what} is refused");
+            let aside = journal.set_aside("unusable").unwrap();
+            assert!(tmp.path().join(aside).symlink_metadata().is_ok(), "{what}");
+            assert_eq!(journal.load().unwrap(), None, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_fifo_at_the_temporary_name_does_not_block_a_save() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut journal = Journal::open(tmp.path()).unwrap();
+        nix::unistd::mkfifo(
+            &tmp.path().join(TEMP_FILE),
+            FileMode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        journal.save(&state(), JournalChange::Whole).unwrap();
+        assert_eq!(journal.load().unwrap(), Some(state()));
     }
 }

@@ -13,7 +13,7 @@ use procfs_core::process::{LimitValue, Limits, Stat, Status};
 use procfs_core::{FromRead, Meminfo};
 use serde::Serialize;
 
-use crate::model::{KernelVersion, Knob, Memory, Mode, Node, Policy, Tunables};
+use crate::model::{KernelVersion, Knob, Memory, Mode, Node, Tunables};
 
 /// A kernel file that could not be read, parsed or written; always names the file.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,9 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
-    #[error("{} holds {found} after writing: expected {expected}", path.display())]
+    #[error("{knob} holds {found} after writing: expected {expected}")]
     ReadBack {
-        path: PathBuf,
+        knob: String,
         expected: String,
         found: String,
     },
@@ -103,12 +103,14 @@ impl ProcRoot {
         })
     }
 
+    /// Reads one vm sysctl that the kernel keeps as an unsigned long (its whole range).
     fn read_unsigned(&self, knob: Knob) -> Result<u64, KernelError> {
-        let value = self.read_knob(knob)?;
-        u64::try_from(value).map_err(|_| KernelError::Parse {
-            path: self.knob_path(knob),
+        let path = self.knob_path(knob);
+        let text = read_file(&path)?;
+        parse_unsigned(&text).ok_or_else(|| KernelError::Parse {
+            path,
             expected: "a non-negative integer",
-            found: value.to_string(),
+            found: text.trim().to_string(),
         })
     }
 
@@ -135,33 +137,10 @@ impl ProcRoot {
     /// /proc/meminfo through the `procfs` parser, reduced to what the rules read.
     pub fn read_memory(&self) -> Result<Memory, KernelError> {
         let path = self.root.join("meminfo");
-        let text = read_file(&path)?;
-        let info = Meminfo::from_read(text.as_bytes()).map_err(|e| KernelError::Parse {
-            path: path.clone(),
-            expected: "meminfo lines such as `MemTotal: 16384 kB` (MemTotal, SwapTotal, Committed_AS, ...)",
-            found: e.to_string(),
-        })?;
-        let hugetlb = info.hugetlb.unwrap_or_else(|| {
-            info.hugepages_total
-                .unwrap_or(0)
-                .saturating_mul(info.hugepagesize.unwrap_or(0))
-        });
-        let commit_limit = info.commit_limit.ok_or_else(|| KernelError::Parse {
+        parse_meminfo(&read_file(&path)?).map_err(|(expected, found)| KernelError::Parse {
             path,
-            expected: "a CommitLimit line",
-            found: "none".to_string(),
-        })?;
-        Ok(Memory {
-            mem_total: info.mem_total,
-            swap_total: info.swap_total,
-            hugetlb,
-            committed_as: info.committed_as,
-            commit_limit,
-            mem_free: info.mem_free,
-            file_pages: info.buffers + info.cached + info.swap_cached,
-            shmem: info.shmem.unwrap_or(0),
-            swap_free: info.swap_free,
-            slab_reclaimable: info.s_reclaimable.unwrap_or(0),
+            expected,
+            found,
         })
     }
 
@@ -229,11 +208,7 @@ impl ProcRoot {
             value,
             source,
         };
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(error)?;
+        let file = open_regular(&path, true).map_err(error)?;
         let written = file.write_at(text.as_bytes(), 0).map_err(error)?;
         if written != text.len() {
             return Err(error(io::Error::new(
@@ -265,50 +240,97 @@ impl ProcRoot {
         nix::sys::statfs::statfs(&self.root)
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
     }
+}
 
-    /// Puts `policy` in force: the writes of [`crate::model::write_plan`] in its order, then
-    /// reads the three knobs back. Returns the tunables found before and after.
-    pub fn write_policy(&self, policy: &Policy) -> Result<(Tunables, Tunables), KernelError> {
-        let before = self.read_tunables()?;
-        for (knob, value) in crate::model::write_plan(&before, policy) {
-            self.write_knob(knob, value)?;
-        }
-        let after = self.read_tunables()?;
-        let expected = before.with_policy(policy);
-        let pairs = [
-            (
-                Knob::OvercommitMemory,
-                i64::from(expected.overcommit_memory.number()),
-                i64::from(after.overcommit_memory.number()),
-            ),
-            (
-                Knob::OvercommitRatio,
-                expected.overcommit_ratio,
-                after.overcommit_ratio,
-            ),
-            (
-                Knob::OvercommitKbytes,
-                expected.overcommit_kbytes as i64,
-                after.overcommit_kbytes as i64,
-            ),
-        ];
-        for (knob, want, found) in pairs {
-            if want != found {
-                return Err(KernelError::ReadBack {
-                    path: self.knob_path(knob),
-                    expected: want.to_string(),
-                    found: found.to_string(),
-                });
-            }
-        }
-        Ok((before, after))
+/// The node-wide kernel state the daemon and `set` read and write: a [`ProcRoot`] on a node,
+/// fault-injecting stand-ins in tests. Reads and writes of one knob at a time, so that an
+/// implementation may keep its files open.
+pub trait Kernel {
+    fn read_tunables(&self) -> Result<Tunables, KernelError>;
+    /// Everything the rules read (tunables, meminfo, release, CPUs).
+    fn node(&self) -> Result<Node, KernelError>;
+    fn write_knob(&self, knob: Knob, value: u64) -> Result<(), KernelError>;
+}
+
+impl Kernel for ProcRoot {
+    fn read_tunables(&self) -> Result<Tunables, KernelError> {
+        ProcRoot::read_tunables(self)
     }
+
+    fn node(&self) -> Result<Node, KernelError> {
+        ProcRoot::node(self)
+    }
+
+    fn write_knob(&self, knob: Knob, value: u64) -> Result<(), KernelError> {
+        ProcRoot::write_knob(self, knob, value)
+    }
+}
+
+/// A vm sysctl value of the unsigned kind (`overcommit_kbytes` may be anything up to
+/// `u64::MAX`).
+pub fn parse_unsigned(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// /proc/meminfo text to the figures the rules read; on failure what was expected and found.
+pub fn parse_meminfo(text: &str) -> Result<Memory, (&'static str, String)> {
+    let info = Meminfo::from_read(text.as_bytes()).map_err(|e| {
+        (
+            "meminfo lines such as `MemTotal: 16384 kB` (MemTotal, SwapTotal, Committed_AS, ...)",
+            e.to_string(),
+        )
+    })?;
+    let hugetlb = info.hugetlb.unwrap_or_else(|| {
+        info.hugepages_total
+            .unwrap_or(0)
+            .saturating_mul(info.hugepagesize.unwrap_or(0))
+    });
+    let commit_limit = info
+        .commit_limit
+        .ok_or(("a CommitLimit line", "none".to_string()))?;
+    Ok(Memory {
+        mem_total: info.mem_total,
+        swap_total: info.swap_total,
+        hugetlb,
+        committed_as: info.committed_as,
+        commit_limit,
+        mem_free: info.mem_free,
+        file_pages: info
+            .buffers
+            .saturating_add(info.cached)
+            .saturating_add(info.swap_cached),
+        shmem: info.shmem.unwrap_or(0),
+        swap_free: info.swap_free,
+        slab_reclaimable: info.s_reclaimable.unwrap_or(0),
+    })
+}
+
+/// The most read from one kernel file (meminfo is a few KiB): a wrong tree cannot balloon us.
+const MAX_KERNEL_FILE: u64 = 1 << 20;
+
+/// Opens a kernel file without blocking and refuses anything but a regular file (procfs files
+/// are regular; a FIFO or device planted in a test tree must not hang the daemon).
+pub fn open_regular(path: &Path, write: bool) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .truncate(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 fn read_file(path: &Path) -> Result<String, KernelError> {
     let mut text = String::new();
-    fs::File::open(path)
-        .and_then(|mut f| f.read_to_string(&mut text))
+    open_regular(path, false)
+        .and_then(|f| f.take(MAX_KERNEL_FILE).read_to_string(&mut text))
         .map_err(|source| KernelError::Read {
             path: path.to_path_buf(),
             source,
@@ -327,7 +349,7 @@ pub fn page_size() -> u64 {
 }
 
 /// Parses /proc/swaps; on a bad row returns that row.
-fn parse_swaps(text: &str) -> Result<Vec<SwapDevice>, String> {
+pub fn parse_swaps(text: &str) -> Result<Vec<SwapDevice>, String> {
     text.lines()
         .skip(1)
         .filter(|line| !line.trim().is_empty())
@@ -339,8 +361,8 @@ fn parse_swaps(text: &str) -> Result<Vec<SwapDevice>, String> {
                     Ok(SwapDevice {
                         path: unescape_octal(fields[0]),
                         kind: fields[1].to_string(),
-                        size_bytes: size as u64 * 1024,
-                        used_bytes: used as u64 * 1024,
+                        size_bytes: (size as u64).saturating_mul(1024),
+                        used_bytes: (used as u64).saturating_mul(1024),
                         priority,
                     })
                 }

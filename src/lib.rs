@@ -4,6 +4,7 @@
 //! sockets; [`kernel`] is the one module that touches kernel files; the binaries are thin.
 
 pub mod auth;
+pub mod change;
 pub mod charge;
 pub mod cli;
 pub mod client;

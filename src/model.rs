@@ -179,6 +179,22 @@ pub struct Policy {
     pub limit: Limit,
 }
 
+impl Policy {
+    /// The policy a request states: a mode with a ratio or kbytes, or neither, which keeps the
+    /// limit `keep`. The one place the daemon and `overcommitctl` turn options into a policy.
+    pub fn from_options(
+        mode: Mode,
+        ratio: Option<i64>,
+        kbytes: Option<u64>,
+        keep: Limit,
+    ) -> Result<Policy, LimitError> {
+        Ok(Policy {
+            mode,
+            limit: Limit::from_options(ratio, kbytes)?.unwrap_or(keep),
+        })
+    }
+}
+
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({}), {}", self.mode, self.mode.number(), self.limit)
@@ -464,19 +480,23 @@ pub struct LockoutRisk {
 
 impl Node {
     /// The lockout guard: only mode never can lock a node out; it does when CommitLimit would
-    /// not exceed Committed_AS + admin reserve + user reserve + `margin` bytes.
+    /// not exceed (be strictly greater than) Committed_AS + admin reserve + user reserve +
+    /// `margin` bytes.
     pub fn lockout_risk(&self, policy: &Policy, margin: u64) -> Option<LockoutRisk> {
         if policy.mode != Mode::Never {
             return None;
         }
-        let limit_kb =
-            self.with_policy(policy).computed_commit_limit_pages() * (self.page_size / 1024);
+        let limit_kb = self
+            .with_policy(policy)
+            .computed_commit_limit_pages()
+            .saturating_mul(self.page_size / 1024);
         let t = &self.tunables;
-        let required_kb = self.memory.committed_as / 1024
-            + t.admin_reserve_kbytes
-            + t.user_reserve_kbytes
-            + margin / 1024;
-        (limit_kb < required_kb).then_some(LockoutRisk {
+        let required_kb = (self.memory.committed_as / 1024)
+            .saturating_add(t.admin_reserve_kbytes)
+            .saturating_add(t.user_reserve_kbytes)
+            .saturating_add(margin / 1024);
+        // The limit must exceed what is required: at the boundary itself the next allocation fails.
+        (limit_kb <= required_kb).then_some(LockoutRisk {
             policy: *policy,
             limit_kb,
             required_kb,
@@ -778,6 +798,17 @@ mod tests {
         assert_eq!(risk.limit_kb, 1 << 20);
         assert_eq!(risk.required_kb, (1 << 20) + 8192 + 131072);
         assert!(n.lockout_risk(&never(50), 64 << 20).is_none());
+        // Exactly at the boundary is refused: the limit must exceed what is required.
+        let at = |kb: u64| Policy {
+            mode: Mode::Never,
+            limit: Limit::Kbytes(kb),
+        };
+        let required = (1 << 20) + 8192 + 131072;
+        assert!(n.lockout_risk(&at(required), 0).is_some());
+        assert!(n.lockout_risk(&at(required + 4), 0).is_none());
+        // kbytes across the kernel's whole unsigned range do not overflow the guard.
+        assert!(n.lockout_risk(&at(u64::MAX), 0).is_none());
+        assert!(n.lockout_risk(&at(1), u64::MAX).is_some());
         assert!(
             n.lockout_risk(&never(29), 64 << 20).is_some(),
             "1.16 GiB < 1 GiB + 136 MiB + 64 MiB"

@@ -1,10 +1,10 @@
 //! The wire protocol between `overcommitctl` (or any script with `socat`) and `overcommitd`:
 //! one JSON object per line each way, a protocol version in every message, stable error codes.
-//! docs/protocol.md is the reference; these types are its implementation.
+//! docs/protocol.md is the reference; these types are its implementation. They depend on serde
+//! and the pure policy types only: nothing of the daemon's configuration or files.
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::DriftAction;
 use crate::model::{Mode, Policy};
 
 /// The version every message carries as `"v"`.
@@ -13,9 +13,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest request line the daemon reads (bytes, newline included).
 pub const MAX_REQUEST_LINE: usize = 16 * 1024;
 
-/// A request, by its `"op"`.
+/// A request, by its `"op"`. Unknown fields are refused, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// The daemon's view: baseline, effective policy, kernel values, lease count.
     Status,
@@ -48,6 +48,7 @@ pub enum Request {
 
 /// A policy as a client asks for it; validated by the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyRequest {
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,9 +57,11 @@ pub struct PolicyRequest {
     pub kbytes: Option<u64>,
 }
 
+/// A lease request. On the wire the policy's fields sit beside the others (`"mode"`, `"ratio"`,
+/// `"kbytes"`); [`LeaseFields`] is that flat form, which refuses unknown fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "LeaseFields", into = "LeaseFields")]
 pub struct LeaseRequest {
-    #[serde(flatten)]
     pub policy: PolicyRequest,
     /// Seconds; default: the longest the caller is allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +73,55 @@ pub struct LeaseRequest {
     /// Bind the lease to the connecting process: it ends when that process exits.
     #[serde(default)]
     pub hold: bool,
+}
+
+/// The flat wire form of [`LeaseRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseFields {
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kbytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub hold: bool,
+}
+
+impl From<LeaseFields> for LeaseRequest {
+    fn from(f: LeaseFields) -> Self {
+        LeaseRequest {
+            policy: PolicyRequest {
+                mode: f.mode,
+                ratio: f.ratio,
+                kbytes: f.kbytes,
+            },
+            ttl_secs: f.ttl_secs,
+            tag: f.tag,
+            reason: f.reason,
+            hold: f.hold,
+        }
+    }
+}
+
+impl From<LeaseRequest> for LeaseFields {
+    fn from(r: LeaseRequest) -> Self {
+        LeaseFields {
+            mode: r.policy.mode,
+            ratio: r.policy.ratio,
+            kbytes: r.policy.kbytes,
+            ttl_secs: r.ttl_secs,
+            tag: r.tag,
+            reason: r.reason,
+            hold: r.hold,
+        }
+    }
 }
 
 /// Longest tag and reason the daemon accepts (characters).
@@ -190,8 +242,81 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
             ))
         }
     }
-    serde_json::from_value(value)
-        .map_err(|e| Reply::failure(ErrorCode::Invalid, format!("bad request: {e}")))
+    let mut value = value;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("v");
+    }
+    let keys: Vec<String> = value
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let request: Request = serde_json::from_value(value)
+        .map_err(|e| Reply::failure(ErrorCode::Invalid, format!("bad request: {e}")))?;
+    // serde refuses unknown fields of every request with fields; the ones without fields
+    // (`status`, `leases`, `profiles`) are checked here.
+    let fieldless = matches!(
+        request,
+        Request::Status | Request::Leases | Request::Profiles
+    );
+    if let Some(unknown) = keys.iter().find(|k| fieldless && k.as_str() != "op") {
+        return Err(Reply::failure(
+            ErrorCode::Invalid,
+            format!("bad request: unknown field `{unknown}` (this request takes none but \"op\" and \"v\")"),
+        ));
+    }
+    Ok(request)
+}
+
+/// Unicode general category Cf (format characters: bidi overrides, zero-width joiners, ...),
+/// after Unicode 15.1's DerivedGeneralCategory.txt. With Cc (`char::is_control`) these are the
+/// characters that can make text show something other than what it holds.
+pub fn is_format_char(c: char) -> bool {
+    const CF: [(u32, u32); 21] = [
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = u32::from(c);
+    CF.iter().any(|&(low, high)| (low..=high).contains(&c))
+}
+
+/// True for text a client may put in a tag or reason: within `max` characters, with no
+/// control (Cc) or format (Cf) characters.
+pub fn is_clean_text(text: &str, max: usize) -> bool {
+    text.chars().count() <= max && !text.chars().any(|c| c.is_control() || is_format_char(c))
+}
+
+/// Text from a peer or a process (a tag, a command name) made safe for one log line or one
+/// table cell: control and format characters, quotes and backslashes escaped, so it can neither
+/// break the line nor pass for something else.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || is_format_char(c) || c == '\\' || c == '"' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A request as one line, version included, newline included.
@@ -240,17 +365,71 @@ pub struct BaselineInfo {
 pub struct DaemonStatus {
     pub version: String,
     pub baseline: BaselineInfo,
+    /// The most permissive of the baseline and the live leases.
     pub effective: Policy,
+    /// What the daemon keeps in the kernel: `effective`, or the policy held while `effective`
+    /// would lock the node out (see `held`).
+    pub in_force: Policy,
     pub kernel_mode: Mode,
     pub kernel_ratio: i64,
     pub kernel_kbytes: u64,
     pub leases: usize,
-    pub drift: DriftAction,
+    /// `enforce`, `warn` or `adopt`.
+    pub drift: String,
     pub clients: usize,
-    /// The kernel's values before the daemon's first write this boot: the limit a profile
-    /// without ratio/kbytes keeps (`apply --check` needs it to say what `apply` would write).
+    /// The node's boot policy (mode, ratio, kbytes): the limit a profile without ratio/kbytes
+    /// keeps (`apply --check` needs it to say what `apply` would write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found: Option<KernelPolicy>,
+    /// A kernel write that failed and is being retried.
+    #[serde(default)]
+    pub pending_write: Option<PendingWrite>,
+    /// The lockout guard holds a safer policy than `effective`.
+    #[serde(default)]
+    pub held: Option<GuardHold>,
+    /// Changes found behind the daemon's back since it started (never decreases).
+    #[serde(default)]
+    pub drift_events: u64,
+    #[serde(default)]
+    pub last_drift: Option<DriftEvent>,
+    /// The journal could not be saved; retried with the kernel writes.
+    #[serde(default)]
+    pub journal_error: Option<String>,
+}
+
+/// A kernel write the daemon is retrying until the kernel holds what the lease table says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingWrite {
+    pub target: Policy,
+    pub swappiness: Option<u64>,
+    pub attempts: u32,
+    pub last_error: String,
+    /// Unix seconds of the first failure of this episode.
+    pub since: u64,
+    /// Milliseconds to the next attempt.
+    pub next_attempt_ms: u64,
+}
+
+/// The lockout guard at work: the policy the daemon would write would make every new
+/// allocation fail now, so it holds a safe one and looks again with backoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardHold {
+    pub wanted: Policy,
+    pub holding: Policy,
+    pub reason: String,
+    /// Unix seconds.
+    pub since: u64,
+}
+
+/// One change found behind the daemon's back, and what it did about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftEvent {
+    pub found: KernelPolicy,
+    pub expected: KernelPolicy,
+    /// `enforced`, `enforce_failed`, `warned`, `adopted` or `ignored`.
+    pub action: String,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 /// Reply to `lease`.
@@ -265,6 +444,10 @@ pub struct LeaseGranted {
 pub struct Released {
     pub released: Vec<String>,
     pub effective: Policy,
+    /// Set when the kernel could not be written yet: the leases are ended and the daemon
+    /// retries until the kernel holds `effective`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_write: Option<PendingWrite>,
 }
 
 /// Reply to `leases`.
@@ -318,7 +501,20 @@ impl std::fmt::Display for KernelPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileList {
     pub baseline: Option<String>,
-    pub profiles: Vec<crate::config::Profile>,
+    pub profiles: Vec<ProfileInfo>,
+}
+
+/// A profile as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    pub name: String,
+    pub description: Option<String>,
+    pub mode: Mode,
+    /// `None`: the profile keeps the ratio/kbytes of the node's boot policy.
+    pub limit: Option<crate::model::Limit>,
+    pub swappiness: Option<u64>,
+    /// Bytes.
+    pub min_swap: Option<u64>,
 }
 
 #[cfg(test)]
@@ -401,12 +597,50 @@ mod tests {
                 mode: Mode::Heuristic,
                 limit: Limit::Ratio(50),
             },
+            pending_write: None,
         });
         let line = reply.to_line();
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let back: Reply = serde_json::from_slice(&line).unwrap();
         assert!(back.ok);
         assert_eq!(back.result.unwrap()["effective"]["limit"]["ratio"], 50);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let message = |line: &[u8]| parse_request(line).unwrap_err().error.unwrap().message;
+        let m = message(br#"{"v":1,"op":"lease","mode":"always","ttl_secs":60,"tagg":"x"}"#);
+        assert!(m.contains("unknown field `tagg`"), "{m}");
+        let m = message(br#"{"v":1,"op":"status","verbose":true}"#);
+        assert!(m.contains("unknown field `verbose`"), "{m}");
+        let m = message(br#"{"v":1,"op":"set","policy":{"mode":"never","ration":5}}"#);
+        assert!(m.contains("unknown field `ration`"), "{m}");
+        let m = message(br#"{"v":1,"op":"release","id":"a","force":true}"#);
+        assert!(m.contains("unknown field `force`"), "{m}");
+    }
+
+    #[test]
+    fn tags_refuse_control_and_format_characters() {
+        assert!(is_clean_text("slurm-42", MAX_TAG));
+        assert!(is_clean_text("Jörg's job 名前", MAX_TAG));
+        for bad in [
+            "a\u{202E}b",
+            "a\nb",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+            "a\u{0}",
+        ] {
+            assert!(!is_clean_text(bad, MAX_TAG), "{bad:?}");
+        }
+        assert!(!is_clean_text(&"x".repeat(MAX_TAG + 1), MAX_TAG));
+    }
+
+    #[test]
+    fn escaping_keeps_one_line_and_shows_hidden_characters() {
+        assert_eq!(escape("plain name"), "plain name");
+        assert_eq!(escape("a\n<3>FORGED"), "a\\n<3>FORGED");
+        assert_eq!(escape("x\u{202E}y"), "x\\u{202e}y");
+        assert_eq!(escape("q\"\\"), "q\\\"\\\\");
     }
 
     proptest::proptest! {
@@ -422,6 +656,12 @@ mod tests {
         fn json_objects_with_random_fields_never_panic(op in "[a-z_]{0,10}", v in 0u32..3, extra in "[ -~]{0,40}") {
             let line = format!("{{\"v\":{v},\"op\":\"{op}\",\"x\":{:?}}}", extra);
             let _ = parse_request(line.as_bytes());
+        }
+
+        #[test]
+        fn escaped_text_is_one_clean_line(text in "\\PC{0,40}|[\\x00-\\x1f\\u{200b}-\\u{206f}a-z]{0,40}") {
+            let escaped = escape(&text);
+            proptest::prop_assert!(is_clean_text(&escaped, usize::MAX));
         }
     }
 }

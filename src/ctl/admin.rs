@@ -37,15 +37,9 @@ pub fn set(
         force,
     };
     change_baseline(globals, &request, force, direct, |kernel| {
-        let limit =
-            Limit::from_options(policy.ratio, policy.kbytes)?.unwrap_or(kernel.limit_clamped());
-        Ok((
-            Policy {
-                mode: policy.mode,
-                limit,
-            },
-            None,
-        ))
+        let keep = kernel.limit_clamped();
+        let policy = Policy::from_options(policy.mode, policy.ratio, policy.kbytes, keep)?;
+        Ok((policy, None))
     })
 }
 
@@ -167,19 +161,20 @@ fn write_directly(
     expected: &[overcommitd::Expectation],
 ) -> Result<u8, CtlError> {
     let proc_root = globals.proc_root();
-    let node = proc_root.node()?;
     let margin = load_config(globals).map_or(DaemonSettings::default().lockout_margin, |c| {
         c.daemon.lockout_margin
     });
-    let overridden = match node.lockout_risk(policy, margin) {
-        Some(risk) if !force => return Err(risk.into()),
-        Some(_) => "; the lockout guard was overridden with --force",
-        None => "",
+    let overridden = match proc_root.node()?.lockout_risk(policy, margin) {
+        Some(_) if force => "; the lockout guard was overridden with --force",
+        _ => "",
     };
-    let (before, after) = proc_root.write_policy(policy)?;
-    if let Some(value) = swappiness {
-        proc_root.write_knob(Knob::Swappiness, value)?;
-    }
+    let (before, after) = crate::change::guarded_write(
+        &proc_root, policy, swappiness, margin, force,
+    )
+    .map_err(|e| match e {
+        crate::change::ChangeError::Unsafe(risk) => CtlError::from(risk),
+        crate::change::ChangeError::Kernel(e) => CtlError::from(e),
+    })?;
     let behind = if expected.is_empty() {
         "nothing will restore it".to_string()
     } else {
@@ -310,9 +305,19 @@ fn loaded_profiles(globals: &Globals, ask: Ask) -> Result<Loaded, CtlError> {
             daemon: None,
         });
     };
-    let (disk, changed_on_disk, disk_error) = match Config::load(&globals.config) {
+    let on_disk = Config::load(&globals.config);
+    // The wire carries no server paths: a profile's file is the one on disk of that name.
+    let loaded: Vec<Profile> = list
+        .profiles
+        .into_iter()
+        .map(|info| {
+            let file = on_disk.as_ref().ok().and_then(|c| c.profile(&info.name));
+            Profile::from_info(info, file.map(|p| p.file.clone()).unwrap_or_default())
+        })
+        .collect();
+    let (disk, changed_on_disk, disk_error) = match on_disk {
         Ok(config) => {
-            let changes = compare_profiles(&list.profiles, &config);
+            let changes = compare_profiles(&loaded, &config);
             let state = if changes.is_empty() {
                 DiskState::Same
             } else {
@@ -325,7 +330,7 @@ fn loaded_profiles(globals: &Globals, ask: Ask) -> Result<Loaded, CtlError> {
     Ok(Loaded {
         source: Source::Daemon,
         baseline: list.baseline,
-        profiles: list.profiles,
+        profiles: loaded,
         disk,
         changed_on_disk,
         disk_error,

@@ -1,9 +1,13 @@
 //! One thread, one epoll: every event source (the listener, each client, each lease holder's
-//! pidfd, the signalfd) is a [`Source`]: its fd, the events it wants, what to do when ready.
-//! Deadlines (lease TTLs, drift checks, idle clients, the watchdog) arm one CLOCK_BOOTTIME
-//! timerfd, so an idle daemon with no deadline sleeps without a single wake-up.
+//! pidfd, the signalfd) is a [`Source`]: its fd, the events it wants, what to do when ready,
+//! and an optional deadline. Deadlines sit in one ordered set and arm one CLOCK_BOOTTIME
+//! timerfd, so the cost of an event does not grow with the number of connections, and an idle
+//! daemon with no deadline sleeps without a single wake-up.
+//!
+//! The loop is generic over the service `S` the sources act on; it knows nothing of clients,
+//! leases or requests.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
@@ -14,7 +18,6 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use super::peer::boottime;
-use super::server::Server;
 
 /// Whether a source stays in the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,73 +26,113 @@ pub enum Keep {
     No,
 }
 
-/// What sources may ask of the loop while they run.
-pub struct Context<'a> {
-    pub server: &'a mut Server,
-    /// New sources to register (accepted clients, lease holders).
-    pub spawn: Vec<Box<dyn Source>>,
+/// A source's handle in the loop; never reused.
+pub type Token = u64;
+
+/// What the service and the sources may ask of the loop while they run.
+pub struct Context<'a, S> {
+    pub service: &'a mut S,
+    /// The source being run (for the service: none).
+    pub token: Option<Token>,
+    pub now: Duration,
+    spawned: Vec<(Token, Box<dyn Source<S>>)>,
+    removed: Vec<Token>,
+    next_token: &'a mut Token,
+    /// Run this source again after the others, without waiting for an event.
+    pub again: bool,
+    /// Close the source with the nearest deadline that may be evicted, to make room.
+    pub evict: bool,
     /// Stop the loop (SIGTERM).
     pub stop: bool,
-    /// Open connections per uid, and in all.
-    pub clients_by_uid: &'a HashMap<u32, usize>,
-    pub clients: usize,
-    pub max_clients: usize,
-    /// Close the client that has been idle longest, to make room.
-    pub evict_idlest: bool,
-    pub now: Duration,
+}
+
+impl<S> Context<'_, S> {
+    /// Adds a source after this round; its token, to remove it later.
+    pub fn spawn(&mut self, source: Box<dyn Source<S>>) -> Token {
+        let token = *self.next_token;
+        *self.next_token += 1;
+        self.spawned.push((token, source));
+        token
+    }
+
+    /// Removes a source (if it is still there) after this round.
+    pub fn remove(&mut self, token: Token) {
+        self.removed.push(token);
+    }
 }
 
 /// An event source of the loop.
-pub trait Source {
+pub trait Source<S> {
     fn fd(&self) -> BorrowedFd<'_>;
-    /// The epoll events it wants now.
+    /// The epoll events it wants now (empty: none, for a while).
     fn interest(&self) -> EpollFlags;
-    fn ready(&mut self, events: EpollFlags, cx: &mut Context<'_>) -> Keep;
+    /// Its fd is ready with `events`, or (with none) it asked to run again.
+    fn ready(&mut self, events: EpollFlags, cx: &mut Context<'_, S>) -> Keep;
     /// When [`Source::expired`] is due (CLOCK_BOOTTIME).
     fn deadline(&self) -> Option<Duration> {
         None
     }
-    fn expired(&mut self, _cx: &mut Context<'_>) -> Keep {
+    fn expired(&mut self, _cx: &mut Context<'_, S>) -> Keep {
         Keep::No
     }
-    /// For clients: the peer's uid and when it was last active.
-    fn client(&self) -> Option<(u32, Duration)> {
-        None
+    /// Whether the loop may close it early to make room ([`Context::evict`]).
+    fn evictable(&self) -> bool {
+        false
     }
-    /// For lease holders: the lease whose end makes this source pointless.
-    fn lease(&self) -> Option<&str> {
-        None
-    }
+}
+
+/// The service the sources act on: its own deadline and what to do at it.
+/// Its methods reach the service through `cx.service`.
+pub trait Service: Sized {
+    fn next_deadline(&self) -> Option<Duration>;
+    fn on_time(cx: &mut Context<'_, Self>);
+    /// After each round: what the service needs of the loop (e.g. watches to drop).
+    fn after_round(_cx: &mut Context<'_, Self>) {}
 }
 
 const TIMER: u64 = u64::MAX;
 
-/// What the sources of one round asked of the loop.
-#[derive(Default)]
-struct Requests {
-    spawn: Vec<Box<dyn Source>>,
-    stop: bool,
-    evict_idlest: bool,
-}
-
-struct Slot {
-    source: Box<dyn Source>,
+struct Slot<S> {
+    source: Box<dyn Source<S>>,
     interest: EpollFlags,
+    /// Whether the fd is in the epoll set (it is not while the interest is empty).
+    registered: bool,
+    deadline: Option<Duration>,
 }
 
-pub struct EventLoop {
+pub struct EventLoop<S> {
     epoll: Epoll,
     timer: TimerFd,
     armed: Option<Duration>,
-    slots: HashMap<u64, Slot>,
-    next_token: u64,
-    clients_by_uid: HashMap<u32, usize>,
-    clients: usize,
-    max_clients: usize,
+    slots: HashMap<Token, Slot<S>>,
+    deadlines: BTreeSet<(Duration, Token)>,
+    again: VecDeque<Token>,
+    next_token: Token,
 }
 
-impl EventLoop {
-    pub fn new(max_clients: usize) -> nix::Result<EventLoop> {
+/// What the runs of one round asked of the loop.
+struct Round<S> {
+    spawned: Vec<(Token, Box<dyn Source<S>>)>,
+    removed: Vec<Token>,
+    again: Vec<Token>,
+    evict: usize,
+    stop: bool,
+}
+
+impl<S> Default for Round<S> {
+    fn default() -> Self {
+        Round {
+            spawned: Vec::new(),
+            removed: Vec::new(),
+            again: Vec::new(),
+            evict: 0,
+            stop: false,
+        }
+    }
+}
+
+impl<S: Service> EventLoop<S> {
+    pub fn new() -> nix::Result<EventLoop<S>> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let timer = TimerFd::new(
             ClockId::CLOCK_BOOTTIME,
@@ -101,52 +144,69 @@ impl EventLoop {
             timer,
             armed: None,
             slots: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            again: VecDeque::new(),
             next_token: 0,
-            clients_by_uid: HashMap::new(),
-            clients: 0,
-            max_clients,
         })
     }
 
-    pub fn add(&mut self, source: Box<dyn Source>) {
+    /// Adds a source before the loop runs.
+    pub fn add(&mut self, source: Box<dyn Source<S>>) -> Token {
         let token = self.next_token;
         self.next_token += 1;
-        let interest = source.interest();
-        if let Err(e) = self
-            .epoll
-            .add(source.fd(), EpollEvent::new(interest, token))
-        {
-            error!("cannot watch a new event source: {e}");
-            return;
-        }
-        if let Some((uid, _)) = source.client() {
-            *self.clients_by_uid.entry(uid).or_default() += 1;
-            self.clients += 1;
-        }
-        self.slots.insert(token, Slot { source, interest });
+        self.insert(token, source);
+        token
     }
 
-    fn remove(&mut self, token: u64) {
+    fn insert(&mut self, token: Token, source: Box<dyn Source<S>>) {
+        let interest = source.interest();
+        let registered = !interest.is_empty();
+        if registered {
+            if let Err(e) = self
+                .epoll
+                .add(source.fd(), EpollEvent::new(interest, token))
+            {
+                error!("cannot watch a new event source: {e}");
+                return;
+            }
+        }
+        let deadline = source.deadline();
+        if let Some(at) = deadline {
+            self.deadlines.insert((at, token));
+        }
+        self.slots.insert(
+            token,
+            Slot {
+                source,
+                interest,
+                registered,
+                deadline,
+            },
+        );
+    }
+
+    fn remove(&mut self, token: Token) {
         if let Some(slot) = self.slots.remove(&token) {
-            let _ = self.epoll.delete(slot.source.fd());
-            if let Some((uid, _)) = slot.source.client() {
-                self.clients -= 1;
-                if let Some(count) = self.clients_by_uid.get_mut(&uid) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.clients_by_uid.remove(&uid);
-                    }
-                }
+            if slot.registered {
+                let _ = self.epoll.delete(slot.source.fd());
+            }
+            if let Some(at) = slot.deadline {
+                self.deadlines.remove(&(at, token));
             }
         }
     }
 
-    /// Runs until a source asks to stop.
-    pub fn run(&mut self, server: &mut Server) {
-        let mut events = vec![EpollEvent::empty(); 64];
+    /// Runs until a source or the service asks to stop.
+    pub fn run(&mut self, service: &mut S) {
+        let mut events = vec![EpollEvent::empty(); 256];
         loop {
-            self.arm_timer(server);
-            let count = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            self.arm_timer(service);
+            let timeout = if self.again.is_empty() {
+                EpollTimeout::NONE
+            } else {
+                EpollTimeout::ZERO
+            };
+            let count = match self.epoll.wait(&mut events, timeout) {
                 Ok(count) => count,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -154,8 +214,9 @@ impl EventLoop {
                     return;
                 }
             };
-            let mut requests = Requests::default();
+            let mut round = Round::default();
             let mut timer_fired = false;
+            let now = boottime();
             for event in &events[..count] {
                 if event.data() == TIMER {
                     timer_fired = true;
@@ -164,128 +225,186 @@ impl EventLoop {
                     continue;
                 }
                 let flags = event.events();
-                self.dispatch(
-                    event.data(),
-                    server,
-                    boottime(),
-                    &mut requests,
-                    |source, cx| source.ready(flags, cx),
-                );
+                self.dispatch(event.data(), service, now, &mut round, |source, cx| {
+                    source.ready(flags, cx)
+                });
+            }
+            // Sources that asked to run again, in the order they asked, once per round.
+            for _ in 0..self.again.len() {
+                if let Some(token) = self.again.pop_front() {
+                    self.dispatch(token, service, now, &mut round, |source, cx| {
+                        source.ready(EpollFlags::empty(), cx)
+                    });
+                }
             }
             if timer_fired {
                 // A one-shot timer that fired is disarmed: arm it again next time round.
                 self.armed = None;
                 let now = boottime();
-                server.on_time(now);
-                let due: Vec<u64> = self
-                    .slots
-                    .iter()
-                    .filter(|(_, s)| s.source.deadline().is_some_and(|d| d <= now))
-                    .map(|(t, _)| *t)
-                    .collect();
-                for token in due {
-                    self.dispatch(token, server, now, &mut requests, |source, cx| {
+                self.with_service(service, now, &mut round, S::on_time);
+                while let Some(&(at, token)) = self.deadlines.first() {
+                    if at > now {
+                        break;
+                    }
+                    self.dispatch(token, service, now, &mut round, |source, cx| {
                         source.expired(cx)
                     });
+                    // A source that stayed and did not move its deadline must not spin.
+                    if self.deadlines.first() == Some(&(at, token)) {
+                        self.deadlines.remove(&(at, token));
+                        if let Some(slot) = self.slots.get_mut(&token) {
+                            slot.deadline = None;
+                        }
+                    }
                 }
             }
-            if requests.evict_idlest {
-                self.evict_idlest();
-            }
-            for source in requests.spawn {
-                self.add(source);
-            }
-            self.drop_orphaned_holders(server);
-            server.clients = self.clients;
-            if requests.stop {
+            self.with_service(service, now, &mut round, S::after_round);
+            self.finish_round(round.evict, &mut round);
+            if round.stop {
                 return;
             }
         }
     }
 
-    /// Runs `call` on the source of `token` with a fresh context, keeps or drops the source,
-    /// and collects what it asked of the loop.
-    fn dispatch(
-        &mut self,
-        token: u64,
-        server: &mut Server,
-        now: Duration,
-        requests: &mut Requests,
-        call: impl FnOnce(&mut dyn Source, &mut Context<'_>) -> Keep,
-    ) {
-        let clients = self.clients;
-        let Some(slot) = self.slots.get_mut(&token) else {
-            return;
-        };
-        let mut cx = Context {
-            server,
-            spawn: Vec::new(),
-            stop: false,
-            clients_by_uid: &self.clients_by_uid,
-            clients,
-            max_clients: self.max_clients,
-            evict_idlest: false,
-            now,
-        };
-        let keep = call(slot.source.as_mut(), &mut cx);
-        requests.spawn.append(&mut cx.spawn);
-        requests.stop |= cx.stop;
-        requests.evict_idlest |= cx.evict_idlest;
-        self.settle(token, keep);
-    }
-
-    /// Keeps or removes a source after it ran, and updates its interest.
-    fn settle(&mut self, token: u64, keep: Keep) {
-        if keep == Keep::No {
-            self.remove(token);
-            return;
+    fn finish_round(&mut self, evict: usize, round: &mut Round<S>) {
+        for _ in 0..evict {
+            self.evict_one();
         }
-        if let Some(slot) = self.slots.get_mut(&token) {
-            let wanted = slot.source.interest();
-            if wanted != slot.interest {
-                slot.interest = wanted;
-                if let Err(e) = self
-                    .epoll
-                    .modify(slot.source.fd(), &mut EpollEvent::new(wanted, token))
-                {
-                    debug!("cannot change the events of a source: {e}");
-                }
+        for token in round.removed.drain(..) {
+            self.remove(token);
+        }
+        for (token, source) in round.spawned.drain(..) {
+            self.insert(token, source);
+        }
+        for token in round.again.drain(..) {
+            if self.slots.contains_key(&token) {
+                self.again.push_back(token);
             }
         }
     }
 
-    fn evict_idlest(&mut self) {
-        let idlest = self
-            .slots
+    fn with_service(
+        &mut self,
+        service: &mut S,
+        now: Duration,
+        round: &mut Round<S>,
+        call: impl FnOnce(&mut Context<'_, S>),
+    ) {
+        let mut cx = Context {
+            service,
+            token: None,
+            now,
+            spawned: Vec::new(),
+            removed: Vec::new(),
+            next_token: &mut self.next_token,
+            again: false,
+            evict: false,
+            stop: false,
+        };
+        call(&mut cx);
+        round.spawned.append(&mut cx.spawned);
+        round.removed.append(&mut cx.removed);
+        round.stop |= cx.stop;
+    }
+
+    /// Runs `call` on the source of `token` with a fresh context, keeps or drops the source,
+    /// updates its interest and deadline, and collects what it asked of the loop.
+    fn dispatch(
+        &mut self,
+        token: Token,
+        service: &mut S,
+        now: Duration,
+        round: &mut Round<S>,
+        call: impl FnOnce(&mut dyn Source<S>, &mut Context<'_, S>) -> Keep,
+    ) {
+        let Some(slot) = self.slots.get_mut(&token) else {
+            return;
+        };
+        let mut cx = Context {
+            service,
+            token: Some(token),
+            now,
+            spawned: Vec::new(),
+            removed: Vec::new(),
+            next_token: &mut self.next_token,
+            again: false,
+            evict: false,
+            stop: false,
+        };
+        let keep = call(slot.source.as_mut(), &mut cx);
+        round.spawned.append(&mut cx.spawned);
+        round.removed.append(&mut cx.removed);
+        round.stop |= cx.stop;
+        round.evict += usize::from(cx.evict);
+        if cx.again && keep == Keep::Yes {
+            round.again.push(token);
+        }
+        self.settle(token, keep);
+    }
+
+    /// Keeps or removes a source after it ran, and updates its interest and deadline.
+    fn settle(&mut self, token: Token, keep: Keep) {
+        if keep == Keep::No {
+            self.remove(token);
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(&token) else {
+            return;
+        };
+        let deadline = slot.source.deadline();
+        if deadline != slot.deadline {
+            if let Some(at) = slot.deadline {
+                self.deadlines.remove(&(at, token));
+            }
+            if let Some(at) = deadline {
+                self.deadlines.insert((at, token));
+            }
+            slot.deadline = deadline;
+        }
+        let wanted = slot.source.interest();
+        if wanted == slot.interest {
+            return;
+        }
+        slot.interest = wanted;
+        let fd = slot.source.fd();
+        let result = match (slot.registered, wanted.is_empty()) {
+            (true, true) => {
+                slot.registered = false;
+                self.epoll.delete(fd)
+            }
+            (true, false) => self.epoll.modify(fd, &mut EpollEvent::new(wanted, token)),
+            (false, false) => {
+                slot.registered = true;
+                self.epoll.add(fd, EpollEvent::new(wanted, token))
+            }
+            (false, true) => Ok(()),
+        };
+        if let Err(e) = result {
+            debug!("cannot change the events of a source: {e}");
+        }
+    }
+
+    /// Closes the evictable source whose deadline is nearest (the longest idle client).
+    fn evict_one(&mut self) {
+        let victim = self
+            .deadlines
             .iter()
-            .filter_map(|(token, slot)| slot.source.client().map(|(_, active)| (active, *token)))
-            .min();
-        if let Some((_, token)) = idlest {
+            .map(|&(_, token)| token)
+            .find(|token| self.slots.get(token).is_some_and(|s| s.source.evictable()));
+        if let Some(token) = victim {
             debug!("connection limit reached: closing the longest-idle client");
             self.remove(token);
         }
     }
 
-    /// Holder watches whose lease ended otherwise (TTL, release) have nothing left to watch.
-    fn drop_orphaned_holders(&mut self, server: &Server) {
-        let orphans: Vec<u64> = self
-            .slots
-            .iter()
-            .filter(|(_, slot)| slot.source.lease().is_some_and(|id| !server.has_lease(id)))
-            .map(|(token, _)| *token)
-            .collect();
-        for token in orphans {
-            self.remove(token);
-        }
-    }
-
-    /// Arms the timer for the earliest deadline of the server and the sources, or disarms it.
-    fn arm_timer(&mut self, server: &Server) {
+    /// Arms the timer for the earliest deadline of the service and the sources, or disarms it.
+    fn arm_timer(&mut self, service: &S) {
         let next = self
-            .slots
-            .values()
-            .filter_map(|s| s.source.deadline())
-            .chain(server.next_deadline())
+            .deadlines
+            .first()
+            .map(|&(at, _)| at)
+            .into_iter()
+            .chain(service.next_deadline())
             .min();
         if next == self.armed {
             return;

@@ -1,7 +1,10 @@
 //! `overcommitd`: owns the node's overcommit policy, applies the baseline, and grants leases
-//! to jobs through a Unix socket. [`server`] holds the state and answers requests;
-//! [`event_loop`] and [`sources`] move bytes and events; [`peer`] asks the kernel who is who.
+//! to jobs through a Unix socket. [`engine`] makes every decision; [`server`] answers requests
+//! with it; [`event_loop`] and [`sources`] move bytes and events; [`peer`] asks the kernel who
+//! is who; [`audit`] writes one record per change.
 
+pub mod audit;
+pub mod engine;
 mod event_loop;
 pub mod peer;
 pub mod server;
@@ -18,30 +21,41 @@ use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::auth::Authorizer;
 use crate::cli::DaemonCli;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::journal::{Journal, JournalError};
+use crate::kernel::ProcRoot;
+use crate::lease::new_lease_id;
 use crate::logging;
+use crate::model::{Knob, Limit, Mode, Policy};
+use crate::sysctl_d::{Origin, Setting, SysctlSources};
 
-pub use server::{DaemonError, Server, ServerOptions};
+pub use engine::{DaemonError, Engine};
+pub use server::Server;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Server(#[from] DaemonError),
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    StateDir(#[from] JournalError),
     #[error("socket {path}: {source}")]
     Socket { path: String, source: io::Error },
     #[error("another overcommitd is already listening on {0}")]
     AlreadyRunning(String),
     #[error("cannot set up signals or the event loop: {0}")]
     Setup(#[from] nix::Error),
+    #[error("cannot draw random lease ids: {0}")]
+    Random(getrandom::Error),
 }
 
 impl StartError {
     /// 2 for configuration problems (as `--check-config`), 1 for the rest.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Server(DaemonError::Config(_)) => 2,
+            StartError::Config(_) => 2,
             _ => 1,
         }
     }
@@ -52,7 +66,7 @@ pub fn run(cli: DaemonCli) -> u8 {
     if cli.check_config {
         return match Config::load(&cli.config) {
             Ok(config) => {
-                let (_, warnings) = crate::auth::Authorizer::new(&config);
+                let (_, warnings) = Authorizer::new(&config);
                 for warning in &warnings {
                     eprintln!("overcommitd: warning: {}: {warning}", cli.config.display());
                 }
@@ -61,7 +75,11 @@ pub fn run(cli: DaemonCli) -> u8 {
                     cli.config.display(),
                     config.profiles.len(),
                     config.access.len(),
-                    config.daemon.baseline.as_deref().unwrap_or("as found")
+                    config
+                        .daemon
+                        .baseline
+                        .as_deref()
+                        .unwrap_or("the node's boot policy")
                 );
                 0
             }
@@ -82,6 +100,68 @@ pub fn run(cli: DaemonCli) -> u8 {
     }
 }
 
+/// The node's boot policy: what sysctl.d (and the kernel command line) set at boot, else the
+/// kernel's defaults (heuristic, ratio 50). Never the kernel's current values, which may be a
+/// lease's.
+pub fn boot_policy(sources: &SysctlSources, cmdline: &str) -> Policy {
+    let keys: Vec<String> = [
+        Knob::OvercommitMemory,
+        Knob::OvercommitRatio,
+        Knob::OvercommitKbytes,
+    ]
+    .iter()
+    .map(|k| k.sysctl_key())
+    .collect();
+    let boot = sources.boot_config(cmdline, &keys);
+    let winner = |i: usize| boot.values.get(&keys[i]).map(|v| &v.winner);
+    let mode = winner(0)
+        .and_then(|s| s.value.parse::<Mode>().ok())
+        .unwrap_or(Mode::Heuristic);
+    let ratio = winner(1).and_then(|s| {
+        let limit = s
+            .value
+            .trim()
+            .parse()
+            .ok()
+            .and_then(|r| Limit::ratio(r).ok())?;
+        Some((s, limit))
+    });
+    let kbytes = winner(2).and_then(|s| {
+        let kb = crate::kernel::parse_unsigned(&s.value)?;
+        Some((s, Limit::kbytes(kb).ok()?))
+    });
+    // Writing one of the pair zeroes the other: the one applied last wins.
+    let applied = |s: &Setting| {
+        let rank = match s.origin {
+            Origin::KernelCmdline => 0,
+            Origin::SysctlD => 1,
+            Origin::SysctlConf => 2,
+        };
+        (rank, s.file.file_name().map(|n| n.to_owned()), s.line)
+    };
+    let limit = match (ratio, kbytes) {
+        (Some((r, ratio)), Some((k, kbytes))) => {
+            if applied(k) > applied(r) {
+                kbytes
+            } else {
+                ratio
+            }
+        }
+        (Some((_, limit)), None) | (None, Some((_, limit))) => limit,
+        (None, None) => Limit::Ratio(50),
+    };
+    Policy { mode, limit }
+}
+
+/// The baseline the configuration names (or the boot policy), for the one write a daemon
+/// that must exit makes first.
+fn known_baseline(config: &Config, boot: Policy) -> (Policy, Option<u64>) {
+    match config.baseline_profile() {
+        Some(profile) => (profile.policy(boot.limit), profile.swappiness),
+        None => (boot, None),
+    }
+}
+
 fn serve(cli: &DaemonCli) -> Result<(), StartError> {
     // Signals arrive through a signalfd, so they must not be delivered the usual way.
     let mut signals = SigSet::empty();
@@ -90,51 +170,100 @@ fn serve(cli: &DaemonCli) -> Result<(), StartError> {
     }
     signals.thread_block()?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-    raise_fd_limit();
+    let open_files = raise_fd_limit();
 
-    let options = ServerOptions {
-        proc_root: cli.proc_root.clone(),
-        config: cli.config.clone(),
-        state_dir: cli.state_dir.clone(),
+    let config = Config::load(&cli.config)?;
+    let (authorizer, warnings) = Authorizer::new(&config);
+    for warning in warnings {
+        warn!("{}: {warning}", cli.config.display());
+    }
+    let proc_root = ProcRoot::new(&cli.proc_root);
+    let boot = boot_policy(
+        &SysctlSources::under(&cli.sysctl_root),
+        &proc_root.read_cmdline(),
+    );
+    let journal = match Journal::open(&cli.state_dir) {
+        Ok(journal) => journal,
+        Err(e) => {
+            // Exiting with a lease's policy in force would leave it there: put the known
+            // baseline back first (the lockout guard still applies).
+            let (policy, swappiness) = known_baseline(&config, boot);
+            let margin = config.daemon.lockout_margin;
+            match crate::change::guarded_write(&proc_root, &policy, swappiness, margin, false) {
+                Ok(_) => error!(
+                    "cannot use the state directory; put the baseline {policy} back before exiting"
+                ),
+                Err(w) => error!(
+                    "cannot use the state directory, nor put the baseline {policy} back: {w}"
+                ),
+            }
+            return Err(e.into());
+        }
     };
+    // Lease ids need the kernel's random pool. Early in boot it may not be ready yet: wait
+    // for it here, before READY, so that no later draw can stall the event loop.
+    new_lease_id().map_err(StartError::Random)?;
     let listener = listening_socket(&cli.socket)?;
-    let server::Startup {
-        mut server,
-        watches,
-    } = Server::start(&options)?;
-    let settings = server.config().daemon.clone();
-    let mut event_loop = event_loop::EventLoop::new(settings.max_clients)?;
-    let listener = sources::Listener::new(listener, settings.client_timeout).map_err(|source| {
-        StartError::Socket {
+
+    let settings = config.daemon.clone();
+    // Room for the kernel files, the journal, the log and the loop itself.
+    const RESERVED_FDS: usize = 64;
+    let max_clients = settings
+        .max_clients
+        .min(open_files.saturating_sub(RESERVED_FDS + sources::ROOT_RESERVE))
+        .max(1);
+    if max_clients < settings.max_clients {
+        warn!(
+            "max_clients {} does not fit the open-file limit {open_files}: serving at most {max_clients} connections",
+            settings.max_clients
+        );
+    }
+    let now = peer::boottime();
+    let options = engine::StartOptions {
+        config,
+        authorizer,
+        boot,
+        boot_id: peer::boot_id(),
+    };
+    let (engine, watches) = Engine::start(proc_root, journal, options, now, peer::reopen_holder);
+    let connections = sources::Connections::new(max_clients);
+    let mut server = Server::new(engine, connections.clone());
+    let mut event_loop = event_loop::EventLoop::new()?;
+    let listener = sources::Listener::new(listener, settings.client_timeout, connections).map_err(
+        |source| StartError::Socket {
             path: cli.socket.display().to_string(),
             source,
-        }
-    })?;
+        },
+    )?;
     event_loop.add(Box::new(listener));
     event_loop.add(Box::new(sources::Signals { fd: signal_fd }));
     for (lease, pidfd) in watches {
-        event_loop.add(Box::new(sources::HolderWatch { lease, pidfd }));
+        let token = event_loop.add(Box::new(sources::HolderWatch {
+            lease: lease.clone(),
+            pidfd,
+        }));
+        server.watching(lease, token);
     }
     if let Some(interval) = sd_notify::watchdog_enabled() {
-        server.enable_watchdog(interval / 2);
+        server.enable_watchdog(interval / 2, now);
     }
     info!(
         "overcommitd {} ready on {} (journal {}): {}",
         env!("CARGO_PKG_VERSION"),
         cli.socket.display(),
-        server.journal_path().display(),
-        server.status_line()
+        cli.state_dir.display(),
+        server.engine.status_line()
     );
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&server.status_line()),
+        sd_notify::NotifyState::Status(&server.engine.status_line()),
     ]);
 
     event_loop.run(&mut server);
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    server.shutdown();
-    info!("stopped: {}", server.status_line());
+    server.engine.shutdown(peer::boottime());
+    info!("stopped: {}", server.engine.status_line());
     Ok(())
 }
 
@@ -177,13 +306,18 @@ fn listening_socket(path: &Path) -> Result<UnixListener, StartError> {
 }
 
 /// Room for max_clients connections plus pidfds: the soft fd limit up to the hard one.
-fn raise_fd_limit() {
+/// Returns the limit in force.
+fn raise_fd_limit() -> usize {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard as usize,
+            Err(e) => {
                 warn!("cannot raise the open-file limit: {e}");
+                soft as usize
             }
-        }
+        },
+        Ok((soft, _)) => soft as usize,
+        Err(_) => 1024,
     }
 }

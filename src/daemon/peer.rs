@@ -16,18 +16,16 @@ use crate::lease::Holder;
 /// SO_PEERGROUPS (Linux 4.13+): the peer's supplementary groups at connect time.
 const SO_PEERGROUPS: libc::c_int = 59;
 
-/// The peer's credentials (SO_PEERCRED, SO_PEERGROUPS) and, on Linux 6.5+, its pidfd
-/// (SO_PEERPIDFD), taken when the connection is accepted.
-pub fn identify(stream: &UnixStream) -> io::Result<(Peer, Option<OwnedFd>)> {
+/// The peer's credentials (SO_PEERCRED, SO_PEERGROUPS), taken when the connection is
+/// accepted. Its pidfd is only taken when a lease is bound to it ([`holder`]).
+pub fn identify(stream: &UnixStream) -> io::Result<Peer> {
     let cred = getsockopt(stream, sockopt::PeerCredentials)?;
-    let peer = Peer {
+    Ok(Peer {
         pid: cred.pid(),
         uid: cred.uid(),
         gid: cred.gid(),
         groups: peer_groups(stream)?,
-    };
-    let pidfd = getsockopt(stream, sockopt::PeerPidfd).ok();
-    Ok((peer, pidfd))
+    })
 }
 
 fn peer_groups(stream: &UnixStream) -> io::Result<Vec<u32>> {
@@ -101,23 +99,19 @@ pub enum HolderError {
 }
 
 /// A pidfd on the connecting process and its identity (pid, start time), to bind a lease to.
-/// With SO_PEERPIDFD the kernel names the process; without it (before Linux 6.5), pidfd_open on
-/// the peer's pid is trusted only while the client is still connected and alive.
-pub fn holder(
-    stream: BorrowedFd<'_>,
-    peer: &Peer,
-    peer_pidfd: Option<&OwnedFd>,
-) -> Result<(OwnedFd, Holder), HolderError> {
+/// With SO_PEERPIDFD (Linux 6.5+) the kernel names the process; without it, pidfd_open on the
+/// peer's pid is trusted only while the client is still connected and alive.
+pub fn holder(stream: BorrowedFd<'_>, peer: &Peer) -> Result<(OwnedFd, Holder), HolderError> {
     let pid = peer.pid;
+    let peer_pidfd = getsockopt(&stream, sockopt::PeerPidfd).ok();
+    let by_kernel = peer_pidfd.is_some();
     let pidfd = match peer_pidfd {
-        Some(fd) => fd
-            .try_clone()
-            .map_err(|source| HolderError::Pidfd { pid, source })?,
+        Some(fd) => fd,
         None => pidfd_open(pid).map_err(|source| HolderError::Pidfd { pid, source })?,
     };
     let start_time = kernel::process_start_time(pid)?;
     // Alive after reading its start time: the stat we read was this process's.
-    if !is_alive(pidfd.as_fd()) || (peer_pidfd.is_none() && !is_connected(stream)) {
+    if !is_alive(pidfd.as_fd()) || (!by_kernel && !is_connected(stream)) {
         return Err(HolderError::Gone { pid });
     }
     Ok((pidfd, Holder { pid, start_time }))
@@ -163,10 +157,10 @@ mod tests {
     #[test]
     fn peers_are_identified_by_the_kernel() {
         let (a, b) = UnixStream::pair().unwrap();
-        let (peer, _) = identify(&a).unwrap();
+        let peer = identify(&a).unwrap();
         assert_eq!(peer.pid, std::process::id() as i32);
         assert_eq!(peer.uid, nix::unistd::getuid().as_raw());
-        let (fd, holder) = holder(a.as_fd(), &peer, None).unwrap();
+        let (fd, holder) = holder(a.as_fd(), &peer).unwrap();
         assert!(is_alive(fd.as_fd()));
         assert!(reopen_holder(&holder).is_some());
         assert!(reopen_holder(&Holder {
@@ -174,10 +168,8 @@ mod tests {
             ..holder
         })
         .is_none());
+        assert!(is_connected(a.as_fd()));
         drop(b);
-        assert!(matches!(
-            super::holder(a.as_fd(), &peer, None),
-            Err(HolderError::Gone { .. })
-        ));
+        assert!(!is_connected(a.as_fd()), "a closed peer is noticed");
     }
 }
