@@ -289,16 +289,18 @@ pub fn leases(globals: &Globals) -> Result<u8, CtlError> {
     Ok(0)
 }
 
+/// One table row; every string that came from a peer or a process is escaped.
 fn row(lease: &LeaseInfo) -> [String; 7] {
+    use crate::protocol::escape;
     [
-        lease.id.clone(),
-        format!("{} ({})", lease.owner, lease.owner_uid),
+        escape(&lease.id),
+        format!("{} ({})", escape(&lease.owner), lease.owner_uid),
         lease.holder_pid.map_or("-".into(), |pid| {
-            format!("{pid} ({})", lease.requester_comm)
+            format!("{pid} ({})", escape(&lease.requester_comm))
         }),
         lease.policy.to_string(),
         time_left(lease.expires_at),
-        lease.tag.clone().unwrap_or_else(|| "-".into()),
-        lease.reason.clone().unwrap_or_else(|| "-".into()),
+        lease.tag.as_deref().map_or_else(|| "-".into(), escape),
+        lease.reason.as_deref().map_or_else(|| "-".into(), escape),
     ]
 }

@@ -412,14 +412,28 @@ impl StatusReport {
         };
         policy.row("kbytes", self.overcommit_kbytes, kbytes_note);
         match &self.daemon {
-            Some(d) => policy.row(
-                "overcommitd",
-                paint(GOOD, "running"),
-                format!(
+            Some(d) => {
+                let mut note = format!(
                     "baseline {} ({}), {} lease(s), effective {}",
                     d.baseline.name, d.baseline.source, d.leases, d.effective
-                ),
-            ),
+                );
+                if let Some(p) = &d.pending_write {
+                    note.push_str(&paint(
+                        BAD,
+                        format!(
+                            "; write of {} pending ({} attempt(s), last error: {})",
+                            p.target, p.attempts, p.last_error
+                        ),
+                    ));
+                }
+                if let Some(h) = &d.held {
+                    note.push_str(&paint(
+                        BAD,
+                        format!("; lockout guard holds {} instead", h.holding),
+                    ));
+                }
+                policy.row("overcommitd", paint(GOOD, "running"), note)
+            }
             None => policy.row(
                 "overcommitd",
                 "not running",
