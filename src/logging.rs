@@ -165,7 +165,11 @@ impl Log for StderrLogger {
             } else {
                 record.level().as_str().to_lowercase()
             };
-            writeln!(err, "overcommitd[{}]: {level}: {message}", std::process::id())
+            writeln!(
+                err,
+                "overcommitd[{}]: {level}: {message}",
+                std::process::id()
+            )
         };
     }
 
@@ -218,22 +222,28 @@ fn syslog_logger() -> Option<Box<dyn Log>> {
         process: "overcommitd".into(),
         pid: std::process::id(),
     };
-    syslog::unix(formatter).ok().map(|logger| {
-        Box::new(OneLine(Box::new(syslog::BasicLogger::new(logger)))) as Box<dyn Log>
-    })
+    syslog::unix(formatter)
+        .ok()
+        .map(|logger| Box::new(OneLine(Box::new(syslog::BasicLogger::new(logger)))) as Box<dyn Log>)
 }
 
 fn journal_or_stderr() -> (Box<dyn Log>, LogTarget) {
     match JournalLogger::connect() {
         Some(logger) => (Box::new(logger), LogTarget::Journal),
-        None => (Box::new(StderrLogger { prefixes: true }), LogTarget::Journal),
+        None => (
+            Box::new(StderrLogger { prefixes: true }),
+            LogTarget::Journal,
+        ),
     }
 }
 
 /// Installs the logger; returns the target chosen. Call once.
 pub fn init(target: LogTarget, verbose: bool) -> LogTarget {
     let stderr = || -> (Box<dyn Log>, LogTarget) {
-        (Box::new(StderrLogger { prefixes: false }), LogTarget::Stderr)
+        (
+            Box::new(StderrLogger { prefixes: false }),
+            LogTarget::Stderr,
+        )
     };
     let (logger, chosen) = match target {
         LogTarget::Journal => journal_or_stderr(),
@@ -289,7 +299,12 @@ mod tests {
                 .build(),
         );
         let fields = parse(&bytes);
-        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(get("MESSAGE").unwrap(), b"audit: comm=a\n<3>FORGED");
         assert_eq!(get("OVERCOMMIT_COMM").unwrap(), comm.as_bytes());
         assert_eq!(get("OVERCOMMIT_OP").unwrap(), b"lease");

@@ -120,6 +120,8 @@ pub struct Daemon {
     pub child: Option<std::process::Child>,
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
+    /// `--log` target (default stderr, into daemon.log).
+    pub log_target: &'static str,
 }
 
 impl Daemon {
@@ -146,6 +148,7 @@ impl Daemon {
             child: None,
             args: Vec::new(),
             envs: Vec::new(),
+            log_target: "stderr",
         }
     }
 
@@ -173,7 +176,7 @@ impl Daemon {
             .arg(self.path("state"))
             .arg("--proc-root")
             .arg(self.path("proc"))
-            .args(["--log", "stderr", "--verbose"])
+            .args(["--log", self.log_target, "--verbose"])
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().unwrap())
