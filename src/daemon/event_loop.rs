@@ -40,8 +40,8 @@ pub struct Context<'a, S> {
     next_token: &'a mut Token,
     /// Run this source again after the others, without waiting for an event.
     pub again: bool,
-    /// Close the source with the nearest deadline that may be evicted, to make room.
-    pub evict: bool,
+    /// Close this many sources with the nearest deadlines that may be evicted, to make room.
+    pub evict: usize,
     /// Stop the loop (SIGTERM).
     pub stop: bool,
 }
@@ -298,7 +298,7 @@ impl<S: Service> EventLoop<S> {
             removed: Vec::new(),
             next_token: &mut self.next_token,
             again: false,
-            evict: false,
+            evict: 0,
             stop: false,
         };
         call(&mut cx);
@@ -328,14 +328,14 @@ impl<S: Service> EventLoop<S> {
             removed: Vec::new(),
             next_token: &mut self.next_token,
             again: false,
-            evict: false,
+            evict: 0,
             stop: false,
         };
         let keep = call(slot.source.as_mut(), &mut cx);
         round.spawned.append(&mut cx.spawned);
         round.removed.append(&mut cx.removed);
         round.stop |= cx.stop;
-        round.evict += usize::from(cx.evict);
+        round.evict += cx.evict;
         if cx.again && keep == Keep::Yes {
             round.again.push(token);
         }

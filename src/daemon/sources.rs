@@ -189,7 +189,7 @@ impl Listener {
             self.fed();
             match Client::new(stream, &self.registry, cx.now, self.client_timeout) {
                 Ok(Some((client, evict))) => {
-                    cx.evict |= evict;
+                    cx.evict += usize::from(evict);
                     cx.spawn(Box::new(client));
                 }
                 Ok(None) => {}
