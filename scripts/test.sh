@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test suite: unit and property tests, the CLI and daemon process tests against
-# fake proc roots, the real-kernel fixtures, and the VM suite (real kernels under qemu).
+# fake proc roots (with the daemon's chaos, fault-injection and hostile-client suites), the
+# real-kernel fixtures, the VM suite (real kernels under qemu), and a bounded fuzzing run of
+# every parser of untrusted input (scripts/fuzz.sh; installs cargo-fuzz if missing).
 # Installs the VM suite's packages and guest kernel first if they are missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +19,4 @@ if ! command -v promtool >/dev/null; then
     $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
 fi
 cargo test --locked "$@"
+scripts/fuzz.sh

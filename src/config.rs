@@ -221,22 +221,6 @@ impl Config {
     /// Loads `path` and every `profiles.d/*.toml` beside it (in name order).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read(path)?;
-        let main = Source { path, text: &text };
-        let raw: RawConfig = parse(&main)?;
-        let mut config = Config {
-            path: path.to_path_buf(),
-            daemon: DaemonSettings::default(),
-            profiles: BTreeMap::new(),
-            access: Vec::new(),
-        };
-        if let Some(daemon) = raw.daemon {
-            config.daemon = daemon_settings(&main, daemon)?;
-        }
-        add_profiles(&mut config.profiles, &main, raw.profiles)?;
-        for rule in raw.access {
-            config.access.push(access_rule(&main, rule)?);
-        }
-
         let dir = Config::profiles_dir(path);
         let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
             Ok(entries) => entries
@@ -253,16 +237,40 @@ impl Config {
             }
         };
         files.sort();
-        for file in files {
-            let text = read(&file)?;
-            let source = Source {
-                path: &file,
-                text: &text,
-            };
+        let profiles = files
+            .into_iter()
+            .map(|file| read(&file).map(|text| (file, text)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Config::parse(path, &text, &profiles)
+    }
+
+    /// The configuration in `text` (the file `path`) and the profile files `profiles` (path,
+    /// text), in that order; no I/O. What [`Config::load`] and the fuzzer check.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        profiles: &[(PathBuf, String)],
+    ) -> Result<Config, ConfigError> {
+        let main = Source { path, text };
+        let raw: RawConfig = parse(&main)?;
+        let mut config = Config {
+            path: path.to_path_buf(),
+            daemon: DaemonSettings::default(),
+            profiles: BTreeMap::new(),
+            access: Vec::new(),
+        };
+        if let Some(daemon) = raw.daemon {
+            config.daemon = daemon_settings(&main, daemon)?;
+        }
+        add_profiles(&mut config.profiles, &main, raw.profiles)?;
+        for rule in raw.access {
+            config.access.push(access_rule(&main, rule)?);
+        }
+        for (file, text) in profiles {
+            let source = Source { path: file, text };
             let raw: RawProfilesFile = parse(&source)?;
             add_profiles(&mut config.profiles, &source, raw.profiles)?;
         }
-
         if let Some(baseline) = &raw_baseline_span(&main)? {
             if !config.profiles.contains_key(baseline.get_ref()) {
                 let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();

@@ -274,6 +274,26 @@ pub fn parse_unsigned(text: &str) -> Option<u64> {
 
 /// /proc/meminfo text to the figures the rules read; on failure what was expected and found.
 pub fn parse_meminfo(text: &str) -> Result<Memory, (&'static str, String)> {
+    // The procfs parser slices field names by bytes and multiplies kB without a check: give it
+    // only ASCII lines whose values cannot overflow (the kernel writes nothing else).
+    const EXPECTED: &str = "ASCII meminfo lines with values that fit 64 bits in bytes";
+    let overflows = |line: &str| {
+        let mut fields = line.split_whitespace().skip(1);
+        let value = fields.next().and_then(|v| v.parse::<u64>().ok());
+        let shift = match fields.next() {
+            Some(unit) if unit.starts_with(['k', 'K']) => 10,
+            Some(unit) if unit.starts_with(['m', 'M']) => 20,
+            Some(unit) if unit.starts_with(['g', 'G']) => 30,
+            _ => 0,
+        };
+        value.is_some_and(|v| v > u64::MAX >> shift)
+    };
+    if let Some(line) = text
+        .lines()
+        .find(|line| !line.is_ascii() || overflows(line))
+    {
+        return Err((EXPECTED, line.to_string()));
+    }
     let info = Meminfo::from_read(text.as_bytes()).map_err(|e| {
         (
             "meminfo lines such as `MemTotal: 16384 kB` (MemTotal, SwapTotal, Committed_AS, ...)",
@@ -694,6 +714,23 @@ mod tests {
             parse_swaps("Filename Type Size Used Priority\n"),
             Ok(vec![])
         );
+    }
+
+    #[test]
+    fn meminfo_that_would_trip_the_parser_is_an_error() {
+        let good = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/kernels/m1024-swap512-mode0/proc/meminfo"
+        ))
+        .unwrap();
+        assert!(parse_meminfo(&good).is_ok());
+        // Found by fuzzing: a non-ASCII field name, and a value that overflows in kB.
+        assert!(parse_meminfo(&good.replace("Active:", "Acti\u{fffd}\u{fffd}:")).is_err());
+        let huge = good.replace(
+            "MemTotal:         996612 kB",
+            "MemTotal: 18446744073709551615 kB",
+        );
+        assert!(parse_meminfo(&huge).is_err());
     }
 
     #[test]
