@@ -85,7 +85,7 @@ pub struct Profile {
     pub name: String,
     pub description: Option<String>,
     pub mode: Mode,
-    /// `None`: the profile leaves ratio/kbytes as the daemon found them.
+    /// `None`: the profile keeps the ratio/kbytes of the node's boot policy.
     pub limit: Option<Limit>,
     pub swappiness: Option<u64>,
     /// `verify` reports drift when SwapTotal is below this (bytes).
@@ -164,7 +164,7 @@ impl fmt::Display for Principal {
 /// The `[daemon]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DaemonSettings {
-    /// Profile in force when no lease is live; `None`: the policy the daemon found at its first start.
+    /// Profile in force when no lease is live; `None`: the node's boot policy.
     pub baseline: Option<String>,
     pub drift: DriftAction,
     /// `None`: never look.
