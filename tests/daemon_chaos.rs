@@ -162,7 +162,7 @@ fn expected_knobs(leases: &[Value]) -> (String, String) {
     ("2".into(), ratio.to_string())
 }
 
-fn verify(daemon: &Daemon, known: &mut Known, holders: &mut Vec<Holder>, tally: &mut Tally) {
+fn verify(daemon: &Daemon, known: &mut Known, holders: &mut [Holder], tally: &mut Tally) {
     // The kernel against the daemon's own table, taken again if a TTL ended in between.
     let mut last = String::new();
     let mut leases = Vec::new();

@@ -254,7 +254,8 @@ fn file_descriptor_exhaustion_neither_spins_nor_leaves_a_lease_in_force() {
 
 #[test]
 fn an_unusable_journal_is_set_aside_and_the_daemon_starts_at_its_baseline() {
-    let garbage: [(&str, &dyn Fn(&Path)); 3] = [
+    type Make<'a> = &'a dyn Fn(&Path);
+    let garbage: [(&str, Make); 3] = [
         ("invalid UTF-8", &|p: &Path| {
             std::fs::write(p, b"{\"version\":\xff}").unwrap()
         }),

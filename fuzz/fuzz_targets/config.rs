@@ -12,12 +12,22 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (main, profile) = text.split_once('\0').unwrap_or((text, ""));
-    let profiles = [(PathBuf::from("/etc/overcommitd/profiles.d/10.toml"), profile.to_string())];
-    match Config::parse(Path::new("/etc/overcommitd/overcommitd.toml"), main, &profiles) {
+    let profiles = [(
+        PathBuf::from("/etc/overcommitd/profiles.d/10.toml"),
+        profile.to_string(),
+    )];
+    match Config::parse(
+        Path::new("/etc/overcommitd/overcommitd.toml"),
+        main,
+        &profiles,
+    ) {
         Ok(config) => {
             assert!(config.daemon.default_ttl <= MAX_TTL);
             assert!(config.daemon.client_timeout <= MAX_INTERVAL);
-            assert!(config.daemon.drift_interval.is_none_or(|d| d <= MAX_INTERVAL));
+            assert!(config
+                .daemon
+                .drift_interval
+                .is_none_or(|d| d <= MAX_INTERVAL));
             assert!(config.access.iter().all(|r| r.max_ttl <= MAX_TTL));
         }
         Err(e) => assert!(!e.message.is_empty()),

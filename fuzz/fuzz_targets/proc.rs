@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(memory.file_pages >= memory.shmem.min(memory.file_pages));
     }
     if let Ok(swaps) = parse_swaps(&text) {
-        assert!(swaps.iter().all(|s| s.size_bytes % 1024 == 0 || s.size_bytes == u64::MAX));
+        assert!(swaps
+            .iter()
+            .all(|s| s.size_bytes % 1024 == 0 || s.size_bytes == u64::MAX));
     }
     let _ = parse_unsigned(&text);
     let _ = KernelVersion::parse(&text);

@@ -8,7 +8,8 @@ use overcommit::protocol::{escape, is_clean_text, parse_request, request_line};
 fuzz_target!(|data: &[u8]| {
     match parse_request(data) {
         Ok(request) => {
-            let again = parse_request(&request_line(&request)).expect("a request written back parses");
+            let again =
+                parse_request(&request_line(&request)).expect("a request written back parses");
             assert_eq!(again, request);
         }
         Err(reply) => assert!(!reply.ok && reply.error.is_some()),
