@@ -673,15 +673,8 @@ fn an_idle_daemon_does_not_wake_up() {
 #[test]
 fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     let daemon = start();
-    let output = Command::new(env!("CARGO_BIN_EXE_overcommitd"))
-        .arg("--config")
-        .arg(daemon.path("etc/overcommitd.toml"))
-        .arg("--socket")
-        .arg(daemon.socket())
-        .arg("--state-dir")
-        .arg(daemon.path("state2"))
-        .arg("--proc-root")
-        .arg(daemon.path("proc"))
+    let output = daemon
+        .daemon_command("state2")
         .args(["--log", "stderr"])
         .output()
         .unwrap();

@@ -334,15 +334,8 @@ fn an_unsafe_state_directory_puts_the_baseline_back_before_exiting() {
     std::fs::write(daemon.path("proc/sys/vm/overcommit_memory"), "1\n").unwrap();
     std::fs::create_dir(daemon.path("elsewhere")).unwrap();
     std::os::unix::fs::symlink(daemon.path("elsewhere"), daemon.path("state")).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_overcommitd"))
-        .arg("--config")
-        .arg(daemon.path("etc/overcommitd.toml"))
-        .arg("--socket")
-        .arg(daemon.socket())
-        .arg("--state-dir")
-        .arg(daemon.path("state"))
-        .arg("--proc-root")
-        .arg(daemon.path("proc"))
+    let output = daemon
+        .daemon_command("state")
         .args(["--log", "stderr"])
         .output()
         .unwrap();

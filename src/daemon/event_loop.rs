@@ -46,7 +46,35 @@ pub struct Context<'a, S> {
     pub stop: bool,
 }
 
-impl<S> Context<'_, S> {
+impl<'a, S> Context<'a, S> {
+    fn new(
+        service: &'a mut S,
+        next_token: &'a mut Token,
+        token: Option<Token>,
+        now: Duration,
+    ) -> Self {
+        Context {
+            service,
+            token,
+            now,
+            spawned: Vec::new(),
+            removed: Vec::new(),
+            next_token,
+            again: false,
+            evict: 0,
+            stop: false,
+        }
+    }
+
+    /// Hands what was asked of the loop to the round; whether to run the source again.
+    fn into_round(mut self, round: &mut Round<S>) -> bool {
+        round.spawned.append(&mut self.spawned);
+        round.removed.append(&mut self.removed);
+        round.stop |= self.stop;
+        round.evict += self.evict;
+        self.again
+    }
+
     /// Adds a source after this round; its token, to remove it later.
     pub fn spawn(&mut self, source: Box<dyn Source<S>>) -> Token {
         let token = *self.next_token;
@@ -290,21 +318,9 @@ impl<S: Service> EventLoop<S> {
         round: &mut Round<S>,
         call: impl FnOnce(&mut Context<'_, S>),
     ) {
-        let mut cx = Context {
-            service,
-            token: None,
-            now,
-            spawned: Vec::new(),
-            removed: Vec::new(),
-            next_token: &mut self.next_token,
-            again: false,
-            evict: 0,
-            stop: false,
-        };
+        let mut cx = Context::new(service, &mut self.next_token, None, now);
         call(&mut cx);
-        round.spawned.append(&mut cx.spawned);
-        round.removed.append(&mut cx.removed);
-        round.stop |= cx.stop;
+        cx.into_round(round);
     }
 
     /// Runs `call` on the source of `token` with a fresh context, keeps or drops the source,
@@ -320,23 +336,9 @@ impl<S: Service> EventLoop<S> {
         let Some(slot) = self.slots.get_mut(&token) else {
             return;
         };
-        let mut cx = Context {
-            service,
-            token: Some(token),
-            now,
-            spawned: Vec::new(),
-            removed: Vec::new(),
-            next_token: &mut self.next_token,
-            again: false,
-            evict: 0,
-            stop: false,
-        };
+        let mut cx = Context::new(service, &mut self.next_token, Some(token), now);
         let keep = call(slot.source.as_mut(), &mut cx);
-        round.spawned.append(&mut cx.spawned);
-        round.removed.append(&mut cx.removed);
-        round.stop |= cx.stop;
-        round.evict += cx.evict;
-        if cx.again && keep == Keep::Yes {
+        if cx.into_round(round) && keep == Keep::Yes {
             round.again.push(token);
         }
         self.settle(token, keep);

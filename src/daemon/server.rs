@@ -11,7 +11,7 @@ use log::warn;
 
 use crate::auth::{Authorizer, Peer};
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{AdminBaseline, Journal};
 use crate::kernel::ProcRoot;
 use crate::protocol::{ErrorCode, Reply, Request};
 
@@ -98,23 +98,34 @@ impl Server {
                     .map(|r| Reply::success(&r))
             }
             Request::Set { policy, force } => {
-                let new = engine.custom_baseline(&policy)?;
-                let comm = (client.comm)();
-                let actor = Actor { peer, comm: &comm };
-                engine
-                    .change_baseline(actor, new, force, "set", now)
-                    .map(|c| Reply::success(&c))
+                let new = engine.custom_baseline(&policy);
+                Server::change_baseline(engine, client, new, force, "set", now)
             }
             Request::Apply { profile, force } => {
-                let new = engine.profile_baseline(&profile)?;
-                let comm = (client.comm)();
-                let actor = Actor { peer, comm: &comm };
-                engine
-                    .change_baseline(actor, new, force, "apply", now)
-                    .map(|c| Reply::success(&c))
+                let new = engine.profile_baseline(&profile);
+                Server::change_baseline(engine, client, new, force, "apply", now)
             }
             Request::Lease(_) => unreachable!("handled by Server::grant"),
         }
+    }
+
+    fn change_baseline(
+        engine: &mut Engine<ProcRoot, Journal>,
+        client: ClientInfo<'_>,
+        new: Result<AdminBaseline, DaemonError>,
+        force: bool,
+        op: &str,
+        now: Duration,
+    ) -> Result<Reply, DaemonError> {
+        let new = new?;
+        let comm = (client.comm)();
+        let actor = Actor {
+            peer: client.peer,
+            comm: &comm,
+        };
+        engine
+            .change_baseline(actor, new, force, op, now)
+            .map(|c| Reply::success(&c))
     }
 
     fn grant(

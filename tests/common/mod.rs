@@ -160,6 +160,21 @@ impl Daemon {
         self.path("run/overcommitd.sock")
     }
 
+    /// `overcommitd` with this daemon's config, socket and proc root, and `state_dir`.
+    pub fn daemon_command(&self, state_dir: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_overcommitd"));
+        command
+            .arg("--config")
+            .arg(self.path("etc/overcommitd.toml"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.path(state_dir))
+            .arg("--proc-root")
+            .arg(self.path("proc"));
+        command
+    }
+
     /// Starts (or restarts) the daemon process and waits for its socket to answer.
     pub fn spawn(&mut self) {
         let log = fs::OpenOptions::new()
@@ -167,15 +182,8 @@ impl Daemon {
             .append(true)
             .open(self.path("daemon.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_overcommitd"))
-            .arg("--config")
-            .arg(self.path("etc/overcommitd.toml"))
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--proc-root")
-            .arg(self.path("proc"))
+        let child = self
+            .daemon_command("state")
             .args(["--log", self.log_target, "--verbose"])
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -133,18 +133,22 @@ fn policy(mode: Mode, limit: Limit) -> Policy {
     Policy { mode, limit }
 }
 
-fn lease(engine: &mut TestEngine, peer: &Peer, mode: Mode, ttl: u64, now: Duration) -> String {
-    let request = LeaseRequest {
+fn lease_request(mode: Mode, ttl: u64, tag: Option<&str>, reason: Option<&str>) -> LeaseRequest {
+    LeaseRequest {
         policy: PolicyRequest {
             mode,
             ratio: None,
             kbytes: None,
         },
         ttl_secs: Some(ttl),
-        tag: None,
-        reason: None,
+        tag: tag.map(String::from),
+        reason: reason.map(String::from),
         hold: false,
-    };
+    }
+}
+
+fn lease(engine: &mut TestEngine, peer: &Peer, mode: Mode, ttl: u64, now: Duration) -> String {
+    let request = lease_request(mode, ttl, None, None);
     let ask = engine.authorize(peer, request).unwrap();
     engine.grant(actor(peer), ask, None, now).unwrap().lease.id
 }
@@ -261,17 +265,7 @@ fn a_failed_grant_leaves_nothing_behind() {
         .faults
         .knob
         .set(Some(Knob::OvercommitMemory));
-    let request = LeaseRequest {
-        policy: PolicyRequest {
-            mode: Mode::Always,
-            ratio: None,
-            kbytes: None,
-        },
-        ttl_secs: Some(60),
-        tag: None,
-        reason: None,
-        hold: false,
-    };
+    let request = lease_request(Mode::Always, 60, None, None);
     let ask = engine.authorize(&root(), request.clone()).unwrap();
     let e = engine.grant(actor(&root()), ask, None, T0).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Kernel);
@@ -478,17 +472,7 @@ fn tags_and_reasons_with_control_or_format_characters_are_refused() {
         (None, Some("line\nbreak")),
         (None, Some("zero\u{200B}width")),
     ] {
-        let request = LeaseRequest {
-            policy: PolicyRequest {
-                mode: Mode::Always,
-                ratio: None,
-                kbytes: None,
-            },
-            ttl_secs: Some(60),
-            tag: tag.map(String::from),
-            reason: reason.map(String::from),
-            hold: false,
-        };
+        let request = lease_request(Mode::Always, 60, tag, reason);
         let e = engine.authorize(&user(), request).err().unwrap();
         assert_eq!(e.code(), ErrorCode::Invalid, "{tag:?} {reason:?}");
     }
