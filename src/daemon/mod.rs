@@ -182,6 +182,9 @@ fn serve(cli: &DaemonCli) -> Result<(), StartError> {
         &SysctlSources::under(&cli.sysctl_root),
         &proc_root.read_cmdline(),
     );
+    // The socket first: by default it shares /run/overcommitd with the journal, and creates it
+    // open to all (the journal would create it 0700).
+    let listener = listening_socket(&cli.socket)?;
     let journal = match Journal::open(&cli.state_dir) {
         Ok(journal) => journal,
         Err(e) => {
@@ -203,7 +206,6 @@ fn serve(cli: &DaemonCli) -> Result<(), StartError> {
     // Lease ids need the kernel's random pool. Early in boot it may not be ready yet: wait
     // for it here, before READY, so that no later draw can stall the event loop.
     new_lease_id().map_err(StartError::Random)?;
-    let listener = listening_socket(&cli.socket)?;
 
     let settings = config.daemon.clone();
     // Room for the kernel files, the journal, the log and the loop itself.
