@@ -90,6 +90,7 @@ const EXPECTED_CHECKS: &[&str] = &[
     "holder-death",
     "reload-broken",
     "journal-audit",
+    "journal-fields",
     "journal-priority",
     "watchdog",
 ];

@@ -260,6 +260,13 @@ run sh -c "journalctl -u overcommitd.service --no-pager -o cat | grep 'audit: '"
 lease_line=$(printf '%s\n' "$out" | grep "op=lease .*uid=$ALICE_UID " | head -n 1)
 verdict "alice (uid $ALICE_UID): ${lease_line:-no op=lease line}" -n "$lease_line"
 
+begin journal-fields
+# Audit records reach journald through its native protocol, as structured fields a query can
+# match (a text line could not be matched this way, nor forged into one).
+run journalctl -u overcommitd.service --no-pager -o cat OVERCOMMIT_OP=lease "OVERCOMMIT_UID=$ALICE_UID"
+fields=$(printf '%s\n' "$out" | grep -c "op=lease")
+verdict "records with OVERCOMMIT_OP=lease OVERCOMMIT_UID=$ALICE_UID: $fields" "$fields" -ge 1
+
 begin journal-priority
 # The daemon talks to journald through stderr with sd-daemon <N> prefixes: journald must have
 # turned them into priorities, not kept them as text.
