@@ -316,6 +316,21 @@ fn a_lost_journal_without_a_configured_baseline_gives_the_boot_policy_not_the_ke
         (Some("boot"), Some("boot"))
     );
 
+    // A baseline profile without a ratio takes the boot policy's, not a lease's left in the
+    // kernel (here never at ratio 90, with the journal lost).
+    let mut daemon = Daemon::prepare(FIXTURE, CONFIG, &[]);
+    std::fs::write(daemon.path("proc/sys/vm/overcommit_memory"), "2\n").unwrap();
+    std::fs::write(daemon.path("proc/sys/vm/overcommit_ratio"), "90\n").unwrap();
+    daemon.args = vec![
+        "--sysctl-root".into(),
+        daemon.path("empty").display().to_string(),
+    ];
+    daemon.spawn();
+    assert_eq!(
+        (daemon.mode(), daemon.knob("overcommit_ratio")),
+        ("0".into(), "50".into())
+    );
+
     // Without sysctl.d: the kernel's defaults.
     let daemon = Daemon::prepare(FIXTURE, &no_baseline, &[]);
     std::fs::write(daemon.path("proc/sys/vm/overcommit_memory"), "1\n").unwrap();
