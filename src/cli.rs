@@ -295,6 +295,23 @@ pub struct CheckArgs {
     /// Assume the process's VmSize is this (it sets the user reserve in mode never).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub vm_size: Option<u64>,
+    /// Predict for a plain process (node, the default) or under `run --scope job`, where
+    /// allocations of at least --min-size are MAP_NORESERVE (modes 0 and 1).
+    #[arg(long, value_enum, value_name = "SCOPE")]
+    pub scope: Option<CheckScope>,
+    /// With --scope job: the job scope's threshold (default: half of MemTotal + SwapTotal).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub min_size: Option<u64>,
+}
+
+/// Whom `check` predicts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckScope {
+    /// A process under the node's policy as it is.
+    Node,
+    /// A process under `overcommitctl run --scope job`.
+    Job,
 }
 
 /// A policy given on the command line.

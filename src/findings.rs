@@ -184,7 +184,7 @@ pub fn assess(node: &Node, margin: u64) -> Vec<Finding> {
             Severity::Warning,
             "always_without_swap",
             "mode always with no swap: only the OOM killer stands between jobs and the node".to_string(),
-            "go back to heuristic node-wide and grant `always` per job (`overcommitctl run --mode always -- CMD`), or add swap",
+            "go back to heuristic node-wide; a job that needs large allocations can have them alone with the job scope (`overcommitctl run --scope job -- CMD`: no root, the node unchanged), as a lease of always is node-wide too; or add swap",
             Some("overcommitctl set heuristic".to_string()),
         ));
     }

@@ -41,6 +41,8 @@ pub enum Allocator {
     GlibcMalloc,
     /// One mmap of exactly the request.
     Mmap,
+    /// The job scope's preload library: one MAP_NORESERVE mapping of its own.
+    PreloadLibrary,
 }
 
 /// Where the allocation's memory comes from when it succeeds.
@@ -369,6 +371,31 @@ pub fn predict_malloc(
 }
 
 /// Predicts one mmap of exactly `request` bytes.
+/// Under the job scope, a request of at least its threshold: the preload library maps it
+/// with MAP_NORESERVE, a header and the request in whole pages (preload/src/block.rs).
+pub fn predict_preloaded(node: &Node, process: &Process, request: u64) -> (Prediction, Allocation) {
+    const HEADER: u64 = 64;
+    let length = request
+        .checked_add(HEADER)
+        .and_then(|l| align_up(l, node.page_size))
+        .unwrap_or(u64::MAX);
+    let mut prediction = predict::predict_noreserve(node, process, length);
+    prediction.request_bytes = request;
+    let path = match prediction.verdict {
+        Verdict::Refused => AllocPath::None,
+        _ => AllocPath::Mmap,
+    };
+    let allocation = Allocation {
+        allocator: Allocator::PreloadLibrary,
+        path,
+        mmap_bytes: length,
+        brk_min_bytes: None,
+        brk_max_bytes: None,
+        malloc: None,
+    };
+    (prediction, allocation)
+}
+
 pub fn predict_mmap(node: &Node, process: &Process, request: u64) -> (Prediction, Allocation) {
     let prediction = predict::predict(node, process, request);
     let path = match prediction.verdict {

@@ -68,6 +68,10 @@ pub enum Rule {
     MaxMapCount,
     RlimitAs,
     RlimitData,
+    /// The job scope (`run --scope job`) in modes 0 and 1: the mapping is MAP_NORESERVE, so
+    /// the overcommit check does not see it; only the address space and the process limits
+    /// apply.
+    NoReserve,
 }
 
 impl Rule {
@@ -84,6 +88,9 @@ impl Rule {
             Rule::MaxMapCount => "the process already has vm.max_map_count mappings",
             Rule::RlimitAs => "RLIMIT_AS (ulimit -v): the process's address-space limit",
             Rule::RlimitData => "RLIMIT_DATA (ulimit -d): the process's data-segment limit",
+            Rule::NoReserve => {
+                "the job scope: a MAP_NORESERVE mapping is not charged in modes 0 and 1; only the address space, map count, RLIMIT_AS and RLIMIT_DATA apply"
+            }
         }
     }
 }
@@ -92,7 +99,10 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Remedy {
-    /// Run under this mode (for a job: `overcommitctl run --mode M -- CMD`).
+    /// Only this job, the node unchanged: `overcommitctl run --scope job -- CMD` (modes 0, 1).
+    JobScope,
+    /// A lease of this mode, for the whole node while the job runs
+    /// (`overcommitctl run --scope node --mode M -- CMD`).
     Mode { mode: Mode },
     /// Mode never with at least this ratio.
     Ratio { ratio: u32 },
@@ -233,6 +243,39 @@ pub fn predict(node: &Node, process: &Process, bytes: u64) -> Prediction {
     }
 }
 
+/// The job scope's default threshold: half of MemTotal + SwapTotal, in whole pages. Mode 0
+/// refuses one request only above MemTotal + SwapTotal, so smaller ones need no help and stay
+/// charged to Committed_AS (where admins and mode 2 see them); the half is a margin for swap
+/// turned off or memory taken away while the job runs. The preload library computes the same
+/// from /proc/meminfo when OVERCOMMIT_MIN_SIZE is not set.
+pub fn job_min_size(node: &Node) -> u64 {
+    let half = node.memory.mem_total.saturating_add(node.memory.swap_total) / 2;
+    (half / node.page_size * node.page_size).max(node.page_size)
+}
+
+/// Predicts one MAP_NORESERVE mapping of `bytes`: what the job scope (`run --scope job`) makes
+/// of an allocation of at least its threshold. In modes 0 and 1 the kernel does not charge it
+/// (mm/mmap.c: VM_NORESERVE, not accountable), so the checks of do_mmap() before the
+/// overcommit check decide alone: address space, map count, RLIMIT_AS, RLIMIT_DATA
+/// (MAP_NORESERVE does not exempt a private writable mapping from it). Mode 2 ignores the
+/// flag: the mapping is predicted as any other.
+pub fn predict_noreserve(node: &Node, process: &Process, bytes: u64) -> Prediction {
+    let mode = node.tunables.overcommit_memory;
+    if mode == Mode::Never {
+        return predict(node, process, bytes);
+    }
+    let unchecked = node.with_policy(&crate::model::Policy {
+        mode: Mode::Always,
+        limit: node.tunables.limit_clamped(),
+    });
+    let mut prediction = predict(&unchecked, process, bytes);
+    prediction.mode = mode;
+    if prediction.rule == Rule::Always {
+        prediction.rule = Rule::NoReserve;
+    }
+    prediction
+}
+
 /// Where one mapping can go: at most `most` bytes fit; `sure` bytes fit whatever the layout.
 struct AddressSpace {
     sure: u64,
@@ -335,6 +378,7 @@ fn heuristic(node: &Node, pages: u64, base: Prediction) -> Prediction {
     let allowed = pages <= total;
     let mut remedies = Vec::new();
     if !allowed {
+        remedies.push(Remedy::JobScope);
         remedies.push(Remedy::Mode { mode: Mode::Always });
         remedies.push(Remedy::SwapTotal {
             bytes: node.page_bytes(pages - node.ram_pages()),
@@ -375,6 +419,7 @@ fn old_heuristic(node: &Node, process: &Process, pages: u64, mut base: Predictio
         Verdict::Borderline
     };
     if verdict != Verdict::Allowed {
+        base.remedies.push(Remedy::JobScope);
         base.remedies.push(Remedy::Mode { mode: Mode::Always });
     }
     base.notes.push(Note::new(
@@ -716,6 +761,38 @@ mod tests {
         let p = predict(&n, &capped, 16 * GIB);
         assert_eq!(p.verdict, Verdict::Allowed);
         assert!(p.notes.iter().any(|n| n.code == "cgroup_memory_max"));
+    }
+
+    #[test]
+    fn the_job_scope_lifts_the_heuristic_but_not_the_process_limits_or_mode_never() {
+        let n = node(128 * GIB, 2 * GIB, Mode::Heuristic, 50, 0, 10 * GIB);
+        assert_eq!(job_min_size(&n), 65 * GIB);
+        let seed = 352_800_000_000;
+        let plain = predict(&n, &user(GIB), seed);
+        assert_eq!(plain.remedies.first(), Some(&Remedy::JobScope));
+        let job = predict_noreserve(&n, &user(GIB), seed);
+        assert_eq!(
+            (job.verdict, job.rule, job.mode),
+            (Verdict::Allowed, Rule::NoReserve, Mode::Heuristic)
+        );
+        // RLIMIT_AS, RLIMIT_DATA and the address space still apply.
+        let limited = Process {
+            rlimit_data: Some(100 * GIB),
+            data_size: Some(0),
+            ..user(GIB)
+        };
+        let p = predict_noreserve(&n, &limited, seed);
+        assert_eq!((p.verdict, p.rule), (Verdict::Refused, Rule::RlimitData));
+        if TASK_SIZE.is_some() {
+            let p = predict_noreserve(&n, &user(GIB), 200 << 40);
+            assert_eq!((p.verdict, p.rule), (Verdict::Refused, Rule::AddressSpace));
+        }
+        // Mode 2 ignores MAP_NORESERVE: the same verdict as without, and no job scope offered.
+        let strict = node(8 * GIB, 0, Mode::Never, 50, 0, GIB);
+        let p = predict_noreserve(&strict, &user(0), 6 * GIB);
+        assert_eq!(p, predict(&strict, &user(0), 6 * GIB));
+        assert_eq!(p.verdict, Verdict::Refused);
+        assert!(!p.remedies.contains(&Remedy::JobScope));
     }
 
     #[test]

@@ -179,8 +179,9 @@ fn check_explains_the_seed_refused_under_heuristic_and_allowed_under_always() {
         "{text}"
     );
     assert!(
-        text.contains("overcommitctl run --mode always -- CMD"),
-        "names what would allow it:\n{text}"
+        text.contains("this job only: overcommitctl run --scope job -- CMD")
+            && text.contains("overcommitctl run --scope node --mode always -- CMD"),
+        "names what would allow it, the job scope first:\n{text}"
     );
 }
 

@@ -3,12 +3,12 @@
 
 use serde::Serialize;
 
-use crate::cli::{AllocVia, CheckArgs};
+use crate::cli::{AllocVia, CheckArgs, CheckScope};
 use crate::kernel::{self, Libc, ProcRoot};
-use crate::malloc::{self, AllocPath, Allocation, MallocState};
+use crate::malloc::{self, AllocPath, Allocation, Allocator, MallocState};
 use crate::model::{Limit, Mode, Node, Policy};
 use crate::output::{paint, Section, BAD, DIM, GOOD, HEADING, WARN};
-use crate::predict::{Note, Prediction, Process, Remedy, RlimitKind, Rule, Verdict};
+use crate::predict::{self, Note, Prediction, Process, Remedy, RlimitKind, Rule, Verdict};
 use crate::size::{Grouped, HumanBytes};
 
 use super::CtlError;
@@ -30,6 +30,10 @@ pub struct CheckReport {
     pub pid: Option<i32>,
     /// When mode never refuses (or may refuse): the three processes holding the most charge.
     pub commit_holders: Option<Vec<crate::charge::Holder>>,
+    /// `node` (a plain process) or `job` (under `run --scope job`).
+    pub scope: CheckScope,
+    /// The job scope's threshold (MAP_NORESERVE at or above it); `null` for scope node.
+    pub min_size_bytes: Option<u64>,
     #[serde(skip)]
     node: Node,
 }
@@ -178,13 +182,42 @@ impl CheckReport {
             process.vm_size = Some(size);
         }
 
+        let scope = args.scope.unwrap_or(CheckScope::Node);
+        if args.min_size.is_some() && scope != CheckScope::Job {
+            return Err(CtlError::Usage(
+                "--min-size is the job scope's threshold: add --scope job".into(),
+            ));
+        }
+        let min_size = (scope == CheckScope::Job).then(|| {
+            args.min_size
+                .unwrap_or_else(|| predict::job_min_size(&node))
+        });
+        // The job scope maps what reaches its threshold with MAP_NORESERVE itself (malloc's
+        // path and --via do not matter then); the rest goes to the real allocator.
+        let noreserve = min_size.is_some_and(|min| bytes >= min && mode != Mode::Never);
         let (mut prediction, allocation) = match via {
+            _ if noreserve => malloc::predict_preloaded(&node, &process, bytes),
             AllocVia::Malloc => malloc::predict_malloc(&node, &process, bytes, &malloc_state),
             AllocVia::Mmap => malloc::predict_mmap(&node, &process, bytes),
         };
         prediction.notes.extend(notes);
         let in_the_way =
             prediction.rule == Rule::CommitLimit && prediction.verdict != Verdict::Allowed;
+        if let Some(min) = min_size.filter(|_| !noreserve) {
+            // Already in the job scope: not a remedy.
+            prediction.remedies.retain(|r| *r != Remedy::JobScope);
+            prediction.notes.push(if mode == Mode::Never {
+                Note::new(
+                    "job_scope_mode_never",
+                    "the job scope changes nothing in mode never (2): the kernel ignores MAP_NORESERVE and charges the mapping",
+                )
+            } else {
+                Note::new(
+                    "job_scope_below_threshold",
+                    format!("below the job scope's threshold of {}: the real allocator serves it, charged as usual (--min-size lowers the threshold)", HumanBytes(min)),
+                )
+            });
+        }
         Ok(CheckReport {
             allocation,
             commit_holders: in_the_way
@@ -196,6 +229,8 @@ impl CheckReport {
             commit_limit_bytes: node.memory.commit_limit,
             process,
             pid: args.pid,
+            scope,
+            min_size_bytes: min_size,
             prediction,
             node,
         })
@@ -225,8 +260,12 @@ impl CheckReport {
         } else {
             ""
         };
+        let scope = match self.scope {
+            CheckScope::Job => " under the job scope",
+            CheckScope::Node => "",
+        };
         let mut out = format!(
-            "One allocation of {} ({} bytes) by {who}{what_if}: {}\n\n",
+            "One allocation of {} ({} bytes) by {who}{scope}{what_if}: {}\n\n",
             HumanBytes(p.request_bytes),
             Grouped(p.request_bytes),
             paint(style, word)
@@ -247,6 +286,9 @@ impl CheckReport {
         );
         let a = &self.allocation;
         let path = match a.path {
+            AllocPath::Mmap if a.allocator == Allocator::PreloadLibrary => {
+                "by a MAP_NORESERVE mapping of the job scope's library"
+            }
             AllocPath::Heap => {
                 "from free space the process's malloc already holds (no system call)"
             }
@@ -314,6 +356,24 @@ impl CheckReport {
                     "mode always does not check; pages are taken when first written",
                 );
             }
+            Rule::NoReserve => {
+                why.row(
+                    "limit",
+                    "none",
+                    format!(
+                        "a MAP_NORESERVE mapping is not charged in mode {} ({}); pages are taken when first written",
+                        p.mode,
+                        p.mode.number()
+                    ),
+                );
+                if let Some(min_size) = self.min_size_bytes {
+                    why.row(
+                        "threshold",
+                        HumanBytes(min_size),
+                        "the job scope maps allocations of this size or more with MAP_NORESERVE",
+                    );
+                }
+            }
             _ => {
                 why.row("limit", HumanBytes(p.limit_bytes.unwrap_or(0)), "");
             }
@@ -355,17 +415,20 @@ impl CheckReport {
 
     fn describe_remedy(&self, remedy: &Remedy) -> String {
         match remedy {
-            Remedy::Mode { mode: Mode::Always } => format!(
-                "mode always, for this job only: {}  {}",
-                paint(HEADING, "overcommitctl run --mode always -- CMD"),
+            Remedy::JobScope => format!(
+                "this job only: {}  {}",
+                paint(HEADING, "overcommitctl run --scope job -- CMD"),
                 paint(
                     DIM,
-                    "(pages are only taken when written; the OOM killer is the backstop)"
+                    "(no root; the node is unchanged; pages are only taken when written, the OOM killer is the backstop)"
                 )
             ),
             Remedy::Mode { mode } => format!(
-                "mode {mode}: {}",
-                paint(HEADING, format!("overcommitctl run --mode {mode} -- CMD"))
+                "mode {mode} for the whole node while the job runs (a lease: every process on the node gets it): {}",
+                paint(
+                    HEADING,
+                    format!("overcommitctl run --scope node --mode {mode} -- CMD")
+                )
             ),
             Remedy::Ratio { ratio } => {
                 format!("mode never with ratio {ratio} or more (--mode never --ratio {ratio})")

@@ -414,7 +414,7 @@ impl StatusReport {
         match &self.daemon {
             Some(d) => {
                 let mut note = format!(
-                    "baseline {} ({}), {} lease(s), effective {}",
+                    "baseline {} ({}), {} lease(s) (node-wide), effective {}",
                     d.baseline.name, d.baseline.source, d.leases, d.effective
                 );
                 if let Some(p) = &d.pending_write {
