@@ -19,7 +19,10 @@ Modes: heuristic (0), always (1), never (2).
 
 Exit status: 0 ok / allowed / in line; 1 refused, borderline, drift, denied, or a critical
 finding (status); 2 bad usage, configuration or input; 3 overcommitd unreachable (or expected
-on this node but not answering: set/apply refuse unless --direct).
+on this node but not answering: set/apply refuse unless --direct). `run` exits with CMD's
+status (128+N if a signal N ended it); its own failures are 125 (bad usage, job scope
+impossible, lease refused, overcommitd unreachable), 126 (CMD cannot be executed), 127 (CMD
+not found).
 
 JSON: with --json every command prints one JSON object on stdout with \"schema_version\": 1
 (run prints its record on stderr: stdout is the command's). Errors are one object too,
@@ -34,7 +37,8 @@ Examples:
   overcommitctl status --short                               (prompts, scripts)
   overcommitctl check --shape 210000x210000 --dtype float64
   sudo overcommitctl top --by job                            (who holds the commit charge)
-  overcommitctl run --mode always -- python3 job.py
+  overcommitctl run -- python3 job.py                         (this job only if possible)
+  overcommitctl run --scope node --mode always -- python3 job.py  (a lease: the whole node)
   overcommitctl lease --ttl 12h --tag slurm-$SLURM_JOB_ID     (prolog)
   overcommitctl release --tag slurm-$SLURM_JOB_ID             (epilog)
   overcommitctl apply hpc-strict --check --json              (config management)
@@ -210,7 +214,8 @@ pub enum CtlCommand {
     Verify(VerifyArgs),
     /// List the profiles (those overcommitd has loaded when it runs).
     Profiles,
-    /// Run CMD under a temporary node-wide policy that ends when CMD ends, however it ends.
+    /// Run CMD with overcommit for CMD alone (job scope) or under a node-wide lease that ends
+    /// when CMD ends, however it ends.
     Run(RunArgs),
     /// Take a node-wide lease that lives until its TTL or `release` (for prolog/epilog scripts).
     Lease(LeaseArgs),
@@ -300,7 +305,7 @@ pub struct CheckArgs {
     #[arg(long, value_enum, value_name = "SCOPE")]
     pub scope: Option<CheckScope>,
     /// With --scope job: the job scope's threshold (default: half of MemTotal + SwapTotal).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub min_size: Option<u64>,
 }
 
@@ -312,6 +317,20 @@ pub enum CheckScope {
     Node,
     /// A process under `overcommitctl run --scope job`.
     Job,
+}
+
+/// Where `run` makes overcommit apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The job scope where the kernel (modes 0, 1) and CMD (dynamically linked, not setuid)
+    /// allow it and no lease option is given; else the node scope. Says which and why.
+    Auto,
+    /// Only CMD and its children, through a preload library that maps their large allocations
+    /// with MAP_NORESERVE: no root, no daemon, the node's policy unchanged. Modes 0 and 1.
+    Job,
+    /// A lease from overcommitd: the policy of the whole node, for every process, while CMD runs.
+    Node,
 }
 
 /// A policy given on the command line.
@@ -387,6 +406,14 @@ pub struct LeaseOptions {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// auto, job (CMD and its children only) or node (a lease: every process on the node).
+    #[arg(long, value_enum, default_value = "auto", value_name = "SCOPE")]
+    pub scope: Scope,
+    /// Job scope: allocations of at least SIZE are mapped with MAP_NORESERVE (default: half of
+    /// MemTotal + SwapTotal; mode 0 refuses only single requests above MemTotal + SwapTotal).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
+    pub min_size: Option<u64>,
+    /// Node scope: the lease's policy and options.
     #[command(flatten)]
     pub lease: LeaseOptions,
     /// The command and its arguments.

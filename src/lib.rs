@@ -22,6 +22,7 @@ pub mod model;
 pub mod output;
 pub mod predict;
 pub mod process_scan;
+pub mod program;
 pub mod protocol;
 pub mod size;
 pub mod smaps;

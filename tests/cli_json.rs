@@ -246,11 +246,13 @@ fn every_daemon_command_matches_its_schema() {
     schemas.assert_valid("release.json", &out);
     assert_eq!(code, 0);
 
-    // run: stdout is the command's; the record is one line on stderr.
-    let (code, out, err) = run(with(&daemon).args(["run", "--json", "--", "echo", "hello"]));
+    // run: stdout is the command's; the record is one line on stderr. In the node scope it
+    // holds a lease.
+    let (code, out, err) =
+        run(with(&daemon).args(["run", "--json", "--scope", "node", "--", "echo", "hello"]));
     assert_eq!((code, out.as_str()), (0, "hello\n"));
     let record = err.lines().next().unwrap_or_default();
-    let record = schemas.assert_valid("lease.json", record);
+    let record = schemas.assert_valid("run.json", record);
     assert!(
         record["lease"]["holder_pid"].as_i64().is_some(),
         "run holds its lease"
@@ -381,14 +383,46 @@ fn errors_are_json_objects_with_stable_codes_and_the_same_exit_status() {
         error_case(&schemas, user, &["lease", "--mode", "never"], "denied"),
         1
     );
-    // run: its own errors go to stderr, as its record does.
-    let run_status = error_case(
-        &schemas,
-        || with(&daemon),
-        &["run", "--mode", "heuristic", "--ratio", "50", "--", "true"],
-        "usage",
+    // run: its own errors go to stderr, as its record does, with its own exit codes.
+    for (args, code, status) in [
+        (
+            &["run", "--mode", "heuristic", "--ratio", "50", "--", "true"][..],
+            "usage",
+            125,
+        ),
+        (
+            &["run", "--", "no-such-command-here"][..],
+            "command_not_found",
+            127,
+        ),
+        (&["run", "--", "/etc/passwd"][..], "cannot_execute", 126),
+        (
+            &["run", "--scope", "node", "--min-size", "1G", "--", "true"][..],
+            "usage",
+            125,
+        ),
+    ] {
+        assert_eq!(
+            error_case(&schemas, || with(&daemon), args, code),
+            status,
+            "{args:?}"
+        );
+    }
+    let strict = fixture_proc("m512-noswap-mode2-ratio50");
+    let in_mode_2 = || {
+        let mut c = with(&daemon);
+        c.arg("--proc-root").arg(&strict);
+        c
+    };
+    assert_eq!(
+        error_case(
+            &schemas,
+            in_mode_2,
+            &["run", "--scope", "job", "--", "true"],
+            "job_scope_unavailable"
+        ),
+        125
     );
-    assert_ne!(run_status, 0);
     // Expected here but silent: set refuses (exit 3) and says so as JSON.
     let mut silent = with(&daemon);
     silent.env("OVERCOMMIT_SOCKET", daemon.path("run/none.sock"));

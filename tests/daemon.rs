@@ -116,9 +116,15 @@ fn run_holds_a_lease_for_the_life_of_the_command_and_exits_with_its_status() {
     assert_eq!(code, 7, "run exits with the command's status: {err}");
     assert_eq!(out.trim(), "1", "the command ran under mode always");
     // With --json the grant is one JSON line on stderr; stdout stays the command's.
-    let (code, out, err) = run(daemon
-        .ctl()
-        .args(["run", "--json", "--", "echo", "job output"]));
+    let (code, out, err) = run(daemon.ctl().args([
+        "run",
+        "--scope",
+        "node",
+        "--json",
+        "--",
+        "echo",
+        "job output",
+    ]));
     assert_eq!((code, out.as_str()), (0, "job output\n"));
     assert_eq!(
         json(err.lines().next().unwrap())["lease"]["policy"]["mode"],
@@ -277,7 +283,10 @@ fn a_user_without_access_is_denied_and_nothing_changes() {
     let (code, out, err) =
         run(as_user(&mut daemon.ctl(), 1001, 1001, &[])
             .args(["run", "--mode", "always", "--", "true"]));
-    assert_eq!(code, 1, "denied exits 1: {out}{err}");
+    assert_eq!(
+        code, 125,
+        "run's own failure (denied) exits 125: {out}{err}"
+    );
     assert!(err.contains("denied") && err.contains("uid 1001"), "{err}");
     assert_eq!(daemon.mode(), "0");
     let (code, _, err) = run(as_user(&mut daemon.ctl(), 1001, 1001, &[]).args(["set", "always"]));
@@ -725,8 +734,15 @@ fn without_a_daemon_root_sets_directly_with_a_warning_and_others_get_exit_3() {
     assert_eq!(daemon.mode(), "1");
     let mut user = daemon.ctl();
     user.env("OVERCOMMIT_SOCKET", daemon.path("run/nothing.sock"));
-    let (code, _, err) = run(as_user(&mut user, 1000, 1000, &[]).args(["run", "--", "true"]));
+    let (code, _, err) = run(as_user(&mut user, 1000, 1000, &[]).args(["lease", "--ttl", "10m"]));
     assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach overcommitd"), "{err}");
+    // `run` keeps 3 for CMD: its own failures are 125.
+    let mut user = daemon.ctl();
+    user.env("OVERCOMMIT_SOCKET", daemon.path("run/nothing.sock"));
+    let (code, _, err) =
+        run(as_user(&mut user, 1000, 1000, &[]).args(["run", "--scope", "node", "--", "true"]));
+    assert_eq!(code, 125, "{err}");
     assert!(err.contains("cannot reach overcommitd"), "{err}");
 }
 

@@ -1,13 +1,7 @@
-//! Lease commands: `run` (a lease held by itself for the life of a command), `lease` and
-//! `release` (for prolog/epilog scripts), and `leases`.
+//! Lease commands: `lease` and `release` (for prolog/epilog scripts), and `leases`. (`run`,
+//! which can hold a lease for the life of a command, is in run.rs.)
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::signalfd::SignalFd;
-use nix::unistd::Pid;
 
 use serde::Serialize;
 
@@ -19,11 +13,11 @@ use crate::protocol::{
     LeaseGranted, LeaseInfo, LeaseList, LeaseRequest, PolicyRequest, Released, Request,
 };
 
-use super::{json_line, print_json, print_text, CtlError, Globals};
+use super::{print_json, print_text, CtlError, Globals};
 
 /// The lease request for `options`; a ratio or kbytes for a mode that has no commit limit is
 /// refused here (the daemon would keep the baseline's limit, so the flag would do nothing).
-fn lease_request(options: &LeaseOptions, hold: bool) -> Result<Request, CtlError> {
+pub(super) fn lease_request(options: &LeaseOptions, hold: bool) -> Result<Request, CtlError> {
     let mode = options.policy.mode.unwrap_or(Mode::Always);
     let flag = match (options.policy.ratio, options.policy.kbytes) {
         (Some(_), _) => Some("--ratio"),
@@ -48,7 +42,7 @@ fn lease_request(options: &LeaseOptions, hold: bool) -> Result<Request, CtlError
     }))
 }
 
-fn time_left(expires_at: u64) -> String {
+pub(super) fn time_left(expires_at: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -58,7 +52,7 @@ fn time_left(expires_at: u64) -> String {
 
 /// A lease in `--json` output (docs/json.md).
 #[derive(Debug, Serialize)]
-struct LeaseView<'a> {
+pub(super) struct LeaseView<'a> {
     id: &'a str,
     owner_uid: u32,
     owner: &'a str,
@@ -108,96 +102,6 @@ impl<'a> From<&'a LeaseGranted> for Grant<'a> {
             lease: LeaseView::from(&g.lease),
             effective: g.effective,
         }
-    }
-}
-
-/// `run [lease options] -- CMD...`: takes a lease held by this process, runs CMD, forwards
-/// the signals sent to us, releases, and exits with CMD's status.
-pub fn run(globals: &Globals, options: &LeaseOptions, command: &[String]) -> Result<u8, CtlError> {
-    let granted: LeaseGranted = client::call(&globals.socket, &lease_request(options, true)?)?;
-    let lease = &granted.lease;
-    // stdout belongs to the command: the grant goes to stderr, as one JSON line with --json.
-    if globals.json {
-        eprint!("{}", json_line(&Grant::from(&granted))?);
-    } else {
-        eprintln!(
-            "overcommitctl: running under {} (lease {}, ends with the command or in {})",
-            granted.effective,
-            lease.id,
-            time_left(lease.expires_at)
-        );
-    }
-
-    // Signals come through a signalfd; the child gets an unblocked mask back.
-    let mut signals = SigSet::empty();
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-    ] {
-        signals.add(signal);
-    }
-    signals.thread_block().map_err(std::io::Error::from)?;
-    let signal_fd = SignalFd::new(&signals).map_err(std::io::Error::from)?;
-    let mut child_command = Command::new(&command[0]);
-    child_command.args(&command[1..]);
-    // SAFETY: only async-signal-safe calls between fork and exec (sigprocmask).
-    unsafe {
-        child_command.pre_exec(move || {
-            signals.thread_unblock().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let mut child = match child_command.spawn() {
-        Ok(child) => child,
-        Err(source) => {
-            release_quietly(globals, &lease.id);
-            return Err(CtlError::Spawn {
-                command: command[0].clone(),
-                source,
-            });
-        }
-    };
-    let pid = Pid::from_raw(child.id() as i32);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        match signal_fd.read_signal() {
-            Ok(Some(info)) => {
-                // A signal from the terminal reached the child's process group already;
-                // one sent to us by a process (kill, a scheduler) is passed on.
-                let from_process =
-                    info.ssi_code == libc::SI_USER || info.ssi_code == libc::SI_QUEUE;
-                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
-                    if signal != Signal::SIGCHLD && from_process {
-                        let _ = kill(pid, signal);
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(std::io::Error::from(e).into()),
-        }
-    };
-    release_quietly(globals, &lease.id);
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => u8::try_from(code).unwrap_or(1),
-        (None, Some(signal)) => 128u8.saturating_add(signal as u8),
-        _ => 1,
-    })
-}
-
-/// Releases a lease this process holds. Failure is harmless: the daemon ends the lease when
-/// this process exits anyway.
-fn release_quietly(globals: &Globals, id: &str) {
-    let request = Request::Release {
-        id: Some(id.to_string()),
-        tag: None,
-    };
-    if let Err(e) = client::call::<Released>(&globals.socket, &request) {
-        eprintln!("overcommitctl: note: could not release lease {id} ({e}); it ends when this process exits");
     }
 }
 

@@ -6,6 +6,7 @@ mod admin;
 mod check;
 mod lease;
 pub mod overcommitd;
+mod run;
 mod status;
 pub mod top;
 
@@ -71,11 +72,6 @@ pub enum CtlError {
     NoProcess(i32),
     #[error(transparent)]
     Unsafe(#[from] LockoutRisk),
-    #[error("cannot run {command}: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
     #[error("{0}")]
     Usage(String),
     #[error("I/O error: {0}")]
@@ -91,7 +87,6 @@ impl CtlError {
             CtlError::DaemonExpected { .. } => 3,
             CtlError::Unsafe(_) => 1,
             CtlError::Kernel(KernelError::Write { .. } | KernelError::ReadBack { .. }) => 1,
-            CtlError::Spawn { .. } => 127,
             CtlError::Kernel(_)
             | CtlError::Array(_)
             | CtlError::Limit(_)
@@ -108,11 +103,8 @@ impl CtlError {
     /// The stable code of `{"error": {"code": ...}}` (docs/json.md).
     pub fn code(&self) -> String {
         let code = match self {
-            CtlError::Client(ClientError::Unreachable { .. }) | CtlError::DaemonExpected { .. } => {
-                "unreachable"
-            }
-            CtlError::Client(ClientError::Io(_) | ClientError::BadReply(_)) => "protocol",
-            CtlError::Client(ClientError::Daemon { code, .. }) => return client::code_name(*code),
+            CtlError::DaemonExpected { .. } => "unreachable",
+            CtlError::Client(e) => return client_code(e),
             CtlError::Kernel(KernelError::Write { .. } | KernelError::ReadBack { .. }) => "kernel",
             CtlError::Kernel(_) => "proc",
             CtlError::Array(_) | CtlError::Limit(_) | CtlError::Usage(_) => "usage",
@@ -121,10 +113,18 @@ impl CtlError {
             CtlError::NothingToVerify => "nothing_to_verify",
             CtlError::NoProcess(_) => "no_process",
             CtlError::Unsafe(_) => "unsafe",
-            CtlError::Spawn { .. } => "spawn",
             CtlError::Output(_) | CtlError::Json(_) => "io",
         };
         code.to_string()
+    }
+}
+
+/// The `--json` code of a failure to talk with overcommitd.
+fn client_code(error: &ClientError) -> String {
+    match error {
+        ClientError::Unreachable { .. } => "unreachable".into(),
+        ClientError::Io(_) | ClientError::BadReply(_) => "protocol".into(),
+        ClientError::Daemon { code, .. } => client::code_name(*code),
     }
 }
 
@@ -144,11 +144,16 @@ pub fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
             let sink = ErrorSink::from_args(&args);
-            if !sink.json {
-                e.exit();
+            // `run`'s own failures exit 125: never a status its command could have returned.
+            let status = if sink.on_stderr { 125 } else { 2 };
+            match (sink.json, sink.on_stderr) {
+                (true, _) => sink.report("usage", &clap_message(&e)),
+                (false, true) => {
+                    let _ = e.print();
+                }
+                (false, false) => e.exit(),
             }
-            sink.report("usage", &clap_message(&e));
-            return ExitCode::from(2);
+            return ExitCode::from(status);
         }
     };
     let sink = ErrorSink::from_cli(&cli);
@@ -324,7 +329,7 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
         CtlCommand::Apply(args) => admin::apply(globals, &args.profile, args.force, args.direct),
         CtlCommand::Verify(args) => admin::verify(globals, args.profile.as_deref()),
         CtlCommand::Profiles => admin::profiles(globals),
-        CtlCommand::Run(args) => lease::run(globals, &args.lease, &args.command),
+        CtlCommand::Run(args) => Ok(run::run(globals, &args)),
         CtlCommand::Lease(args) => lease::lease(globals, &args.lease),
         CtlCommand::Release(args) => lease::release(globals, args.id, args.tag),
         CtlCommand::Leases => lease::leases(globals),
