@@ -99,7 +99,7 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     let real_free = real::FREE.get();
-    if block::none_live() && real_free != 0 {
+    if real_free != 0 && (block::none_live() || block::surely_foreign(p)) {
         return transmute::<usize, FreeFn>(real_free)(p);
     }
     free_slow(p)
@@ -107,7 +107,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 
 #[no_mangle]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
-    if size < fast_limit() && block::none_live() {
+    if size < fast_limit() && (block::none_live() || block::surely_foreign(p)) {
         return transmute::<usize, ReallocFn>(real::REALLOC.get())(p, size);
     }
     realloc_slow(p, size)
