@@ -14,6 +14,10 @@
 //!                                 pointers at every page offset the library looks at
 //! job_probe fork BYTES            a forked child and an exec'd one each allocate BYTES
 //! job_probe hold BYTES            allocate BYTES (malloc), report, wait to be killed
+//! job_probe bench THREADS OPS [LIVE_BYTES]
+//!                                 OPS malloc/free pairs of 64 B to 64 KiB per thread (a
+//!                                 ring of 64 live blocks), timed; with LIVE_BYTES, one block
+//!                                 that large stays allocated meanwhile
 //! ```
 //!
 //! Each command prints `JOBPROBE key=value ...` lines; `library=` is the preload library's
@@ -31,7 +35,8 @@ const USAGE: &str = "usage:
   job_probe stress THREADS ROUNDS MAX_BYTES
   job_probe foreign
   job_probe fork BYTES
-  job_probe hold BYTES";
+  job_probe hold BYTES
+  job_probe bench THREADS OPS [LIVE_BYTES]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +48,8 @@ fn main() {
         ["foreign"] => foreign(),
         ["fork", bytes] => fork(number(bytes)),
         ["hold", bytes] => hold(number(bytes)),
+        ["bench", threads, ops] => bench(number(threads), number(ops), 0),
+        ["bench", threads, ops, live] => bench(number(threads), number(ops), number(live)),
         _ => {
             eprintln!("job_probe: bad usage\n{USAGE}");
             exit(2);
@@ -595,4 +602,65 @@ fn hold(bytes: usize) {
     loop {
         std::thread::park();
     }
+}
+
+/// `job_probe bench THREADS OPS [LIVE_BYTES]`: the cost of small allocations, for
+/// benches/preload_overhead.rs. Each thread keeps a ring of 64 live blocks and replaces the
+/// oldest one OPS times: free, then malloc of the next size of 64 B, 128 B, ... 64 KiB,
+/// writing one byte into it. Prints the mean time per malloc+free pair.
+fn bench(threads: usize, ops: usize, live: usize) {
+    // SAFETY: kept (or not) for the whole run, freed at the end.
+    let big = if live > 0 {
+        unsafe { libc::malloc(live) }
+    } else {
+        null_mut()
+    };
+    if live > 0 && big.is_null() {
+        fail("the live block could not be allocated");
+    }
+    let start = std::sync::Barrier::new(threads + 1);
+    let elapsed = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let start = &start;
+                scope.spawn(move || {
+                    let mut ring = [null_mut::<c_void>(); 64];
+                    start.wait();
+                    let t = std::time::Instant::now();
+                    for i in 0..ops {
+                        let slot = &mut ring[i % 64];
+                        // SAFETY: each block is freed once and written within its size.
+                        unsafe {
+                            libc::free(*slot);
+                            let p = libc::malloc(64 << (i % 11));
+                            if p.is_null() {
+                                fail("malloc failed");
+                            }
+                            (p as *mut u8).write_volatile(i as u8);
+                            *slot = p;
+                        }
+                    }
+                    let elapsed = t.elapsed();
+                    for p in ring {
+                        // SAFETY: the ring's last blocks.
+                        unsafe { libc::free(p) };
+                    }
+                    elapsed
+                })
+            })
+            .collect();
+        start.wait();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| fail("a thread panicked")))
+            .max()
+            .unwrap_or_default()
+    });
+    // SAFETY: the live block, if any.
+    unsafe { libc::free(big) };
+    println!(
+        "JOBPROBE bench threads={threads} ops={ops} ns_per_pair={:.2} library={}",
+        elapsed.as_secs_f64() * 1e9 / ops as f64,
+        library_field()
+    );
 }
