@@ -593,9 +593,10 @@ fn fork(bytes: usize) {
 fn hold(bytes: usize) {
     // SAFETY: a plain malloc, kept until the process is killed.
     let p = unsafe { libc::malloc(bytes) };
+    let result = result_of(p, errno());
     println!(
-        "JOBPROBE hold bytes={bytes} result={} pid={} library={}",
-        result_of(p, errno()),
+        "JOBPROBE hold bytes={bytes} result={result} noreserve={} pid={} library={}",
+        !p.is_null() && noreserve(p as usize) == Some(true),
         std::process::id(),
         library_field()
     );

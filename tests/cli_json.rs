@@ -257,6 +257,19 @@ fn every_daemon_command_matches_its_schema() {
         record["lease"]["holder_pid"].as_i64().is_some(),
         "run holds its lease"
     );
+    // In the job scope (auto in mode 0, for a dynamic program) it has none.
+    common::preload::built();
+    let (code, out, err) = run(with(&daemon)
+        .arg("--proc-root")
+        .arg(fixture_proc("m512-noswap-mode0"))
+        .args(["run", "--json", "--", "echo", "hello"]));
+    assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
+    let record = schemas.assert_valid("run.json", err.lines().next().unwrap_or_default());
+    assert_eq!(
+        (&record["scope"], &record["lease"]),
+        (&json!("job"), &Value::Null),
+        "{record}"
+    );
 }
 
 #[test]

@@ -4,19 +4,17 @@
 //! as root and as another uid, with no daemon. Large allocations are huge and untouched
 //! (a byte per page at most in a few pages): the host is shared.
 //!
-//! A plain `cargo test` does not build a cdylib, so the first test to need them builds the
-//! library (beside overcommitctl, where `run` looks first) and the probe with the cargo that
-//! runs the tests.
+//! The library and the probe are built by common::preload::built().
 
 mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::preload::built;
 use common::{as_user, run, Daemon};
 use serde_json::Value;
 
@@ -25,46 +23,6 @@ const SEED: &str = "import numpy; a = numpy.zeros((210000, 210000)); a[0, 0] = 1
 const PYTHON: &str = "/usr/bin/python3";
 const NO_SOCKET: &str = "/nonexistent/overcommitd.sock";
 const MIB: u64 = 1 << 20;
-
-struct Built {
-    library: PathBuf,
-    probe: PathBuf,
-}
-
-/// The library beside overcommitctl and the job_probe example, built with the cargo that
-/// runs these tests, in the same target dir and profile.
-fn built() -> &'static Built {
-    static BUILT: OnceLock<Built> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
-            .parent()
-            .expect("the binary's directory");
-        let target_dir = bin_dir.parent().expect("the target dir");
-        let release = bin_dir.file_name() == Some("release".as_ref());
-        for what in [
-            &["-p", "overcommit-preload"][..],
-            &["-p", "overcommit", "--example", "job_probe"][..],
-        ] {
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo
-                .args(["build", "--locked", "--quiet"])
-                .args(what)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .env("CARGO_TARGET_DIR", target_dir);
-            if release {
-                cargo.arg("--release");
-            }
-            let status = cargo.status().expect("run cargo");
-            assert!(status.success(), "cargo build {what:?} failed");
-        }
-        let built = Built {
-            library: bin_dir.join("libovercommit_preload.so"),
-            probe: bin_dir.join("examples/job_probe"),
-        };
-        assert!(built.library.is_file() && built.probe.is_file());
-        built
-    })
-}
 
 /// `overcommitctl` reading the real /proc, with no daemon to talk to.
 fn ctl() -> Command {
@@ -450,8 +408,8 @@ fn programs_that_ignore_ld_preload_are_detected_and_reported() {
         let (code, _, err) = run(ctl().args(["run", "--json", "--"]).arg(path(name)));
         assert_eq!(code, 125, "{name}: {err}");
         let failure = json_line(&err);
-        assert_eq!(failure["code"], "unreachable", "{name}: {failure}");
-        let message = failure["message"].as_str().unwrap();
+        assert_eq!(failure["error"]["code"], "unreachable", "{name}: {failure}");
+        let message = failure["error"]["message"].as_str().unwrap();
         assert!(
             message.contains("node scope (auto:") && message.contains(detail),
             "{message}"
@@ -591,7 +549,7 @@ fn run_exits_with_the_commands_status_or_its_own_125_126_127() {
             let failure = json_line(&err);
             assert_eq!(failure["schema_version"], 1);
             assert!(
-                failure["code"].is_string() && failure["message"].is_string(),
+                failure["error"]["code"].is_string() && failure["error"]["message"].is_string(),
                 "{failure}"
             );
         }
@@ -623,9 +581,9 @@ fn mode_never_refuses_the_job_scope_and_auto_asks_for_a_lease() {
         .arg(&marker));
     assert_eq!(code, 125);
     let failure = json_line(&err);
-    assert_eq!(failure["code"], "unreachable");
+    assert_eq!(failure["error"]["code"], "unreachable");
     assert!(
-        failure["message"]
+        failure["error"]["message"]
             .as_str()
             .unwrap()
             .contains("mode never (2) ignores MAP_NORESERVE"),
@@ -794,4 +752,96 @@ mode = "heuristic"
     );
     assert!(child.try_wait().unwrap().is_none(), "the command runs on");
     assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// contrib/slurm/task_prolog.sh as slurmd runs it: as the job's user, with the task's
+/// environment and `scontrol` answering for the job; every `export NAME=value` line it prints
+/// goes into the task's environment, `print` lines into the job's output.
+#[test]
+fn the_slurm_task_prolog_gives_the_job_scope_to_jobs_that_ask() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let scontrol = dir.path().join("scontrol");
+    let prolog = |record: &str, env: &[(&str, &str)]| -> String {
+        fs::write(
+            &scontrol,
+            format!("#!/bin/sh\ncat <<'EOF'\n{record}\nEOF\n"),
+        )
+        .unwrap();
+        fs::set_permissions(&scontrol, fs::Permissions::from_mode(0o755)).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/slurm/task_prolog.sh");
+        let mut command = common::clean(script);
+        command
+            .env_remove("LD_PRELOAD")
+            .env_remove("OVERCOMMIT_SCOPE")
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .env("SLURM_JOB_ID", "42")
+            .env("OVERCOMMIT_PRELOAD_LIBRARY", &built().library)
+            .envs(env.iter().copied())
+            .current_dir("/tmp");
+        let (code, out, err) = run(as_user(&mut command, 1000, 1000, &[]));
+        assert_eq!((code, err.as_str()), (0, ""), "a TaskProlog never fails");
+        out
+    };
+    let library = built().library.display().to_string();
+    let asked = "JobId=42 UserId=alice(1000) Comment=overcommit=job TimeLimit=01:00:00";
+
+    let out = prolog(asked, &[]);
+    assert_eq!(out, format!("export LD_PRELOAD={library}\n"));
+    // What slurmd does with it: the task's big allocation succeeds, MAP_NORESERVE.
+    let mut task = probe();
+    for line in out.lines() {
+        let (name, value) = line
+            .strip_prefix("export ")
+            .unwrap()
+            .split_once('=')
+            .unwrap();
+        task.env(name, value);
+    }
+    let (_, out, _) = run(as_user(&mut task, 1000, 1000, &[]).args([
+        "alloc",
+        "calloc",
+        &beyond_ram().to_string(),
+    ]));
+    let kind = fields(&out, "kind");
+    assert_eq!(
+        (kind["result"].as_str(), kind["noreserve"].as_str()),
+        ("OK", "yes"),
+        "{out}"
+    );
+
+    assert_eq!(
+        prolog("JobId=42 Comment=(null)", &[]),
+        "",
+        "a job that did not ask"
+    );
+    assert_eq!(
+        prolog("JobId=42 Comment=overcommit=always", &[]),
+        "",
+        "a lease, not the job scope"
+    );
+    assert_eq!(
+        prolog("JobId=42 Comment=(null)", &[("OVERCOMMIT_SCOPE", "job")]),
+        format!("export LD_PRELOAD={library}\n"),
+        "asked through the environment"
+    );
+    assert_eq!(
+        prolog(asked, &[("LD_PRELOAD", "libm.so.6")]),
+        format!("export LD_PRELOAD={library} libm.so.6\n"),
+        "the job's own preloads stay, after ours"
+    );
+    let mode2 = common::fixture_proc("m512-noswap-mode2-ratio50");
+    let out = prolog(asked, &[("OVERCOMMIT_PROC_ROOT", mode2.to_str().unwrap())]);
+    assert!(
+        out.starts_with("print ") && out.contains("mode never (2)") && !out.contains("export"),
+        "{out}"
+    );
+    let out = prolog(
+        asked,
+        &[("OVERCOMMIT_PRELOAD_LIBRARY", "/nonexistent/lib.so")],
+    );
+    assert!(
+        out.starts_with("print ") && out.contains("/nonexistent/lib.so is missing"),
+        "{out}"
+    );
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod preload;
 pub mod schema;
 pub mod top_report;
 

@@ -19,7 +19,9 @@
 //!   appearing (writes.rs);
 //! - top_attributes_the_commit_charge: who holds the commit charge, against the kernel's
 //!   Committed_AS (top.rs);
-//! - the mode-0 smoke test below, and the packaged service under systemd (systemd_guest.rs).
+//! - the mode-0 smoke test below, and the packaged service under systemd (systemd_guest.rs);
+//! - job_scope_on_a_real_kernel: `run --scope job` and the preload library in modes 0 and 2
+//!   (job_scope.rs).
 //!
 //! The summary: libtest runs tests on parallel threads (2 here, each boot a qemu process)
 //! and hides what passing tests print. Every test goes through a `tally::TestRun`, which at
@@ -33,6 +35,7 @@
 mod daemon;
 mod fixtures;
 mod harness;
+mod job_scope;
 mod predictor;
 mod tally;
 mod top;
@@ -56,6 +59,7 @@ pub const VM_TESTS: &[&str] = &[
     "kernel_writes_profiles_lockout_swapon",
     "systemd_guest_runs_the_packaged_service",
     "top_attributes_the_commit_charge",
+    "job_scope_on_a_real_kernel",
 ];
 
 /// Boots a predictor guest (see predictor.rs) under test `name`.
@@ -253,4 +257,15 @@ fn top_attributes_the_commit_charge() {
 fn generate_top_fixtures() {
     let Some(host) = host() else { return };
     top::generate(host);
+}
+
+/// Issue 9: the job scope (`run --scope job`, the preload library) on a real kernel, in
+/// modes 0 and 2 (see job_scope.rs).
+#[test]
+fn job_scope_on_a_real_kernel() {
+    let mut test = TestRun::start("job_scope_on_a_real_kernel");
+    if let Some(host) = host() {
+        job_scope::run(&mut test, host);
+    }
+    test.finish();
 }

@@ -2,8 +2,8 @@
 //! systemd as PID 1, installs the .deb that `cargo deb` builds, and runs
 //! tests/vm/systemd_guest.sh as a oneshot unit, which checks socket activation, Type=notify
 //! with STATUS and the watchdog, the sandbox's write access to /proc/sys/vm, leases for an
-//! allowed and a refused user, a crash and restart with a live lease, a refused reload and the
-//! journal. Each check ends in a `CHECK <name> PASS|FAIL <detail>` console line; the test
+//! allowed and a refused user, the packaged preload library (numpy in the job scope), a crash
+//! and restart with a live lease, a refused reload and the journal. Each check ends in a `CHECK <name> PASS|FAIL <detail>` console line; the test
 //! asserts that every expected check passed.
 //!
 //! What it needs besides the harness's prerequisites: cargo-deb, mkfs.ext4, and on the first
@@ -84,6 +84,7 @@ const EXPECTED_CHECKS: &[&str] = &[
     "sandbox-write",
     "seed-refused",
     "seed-lease",
+    "job-scope-seed",
     "bob-denied",
     "status-current",
     "crash-restart",

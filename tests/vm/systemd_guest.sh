@@ -2,8 +2,8 @@
 # The scenario of the systemd guest (tests/vm/systemd_guest.rs). It runs as a oneshot unit once
 # a Debian guest has booted with the real systemd, installs the package the way a site would
 # and checks the service under systemd: socket activation, Type=notify and the watchdog, the
-# sandbox, leases for an allowed and a refused user, restart after a crash, a refused reload,
-# the journal. Each check prints `CHECK-BEGIN <name>`, its evidence, and then one line
+# sandbox, leases for an allowed and a refused user, the job scope's packaged library,
+# restart after a crash, a refused reload, the journal. Each check prints `CHECK-BEGIN <name>`, its evidence, and then one line
 # `CHECK <name> PASS|FAIL <detail>` that the host parses. The last line is
 # `GUEST-TEST-DONE failures=<n>`; then the guest powers off.
 set -u
@@ -169,6 +169,21 @@ allocated=$(printf '%s\n' "$out" | grep -o 'allocated [0-9]*')
 after=$(mode)
 verdict "run exit $lease_rc, '$allocated', overcommit_memory afterwards $after" \
     "$lease_rc" = 0 -a "$allocated" = "allocated 352800000000" -a "$after" = 0
+
+begin job-scope-seed
+# The packaged preload library: alice's array in the job scope (run's default, auto, takes it
+# in mode 0), with no lease and the node's policy unchanged.
+run $ALICE overcommitctl run --json -- python3 -c "$SEED"
+job_rc=$rc
+allocated=$(printf '%s\n' "$out" | grep -o 'allocated [0-9]*')
+scope=$(printf '%s\n' "$out" | grep '^{' | head -n 1 | python3 -c '
+import json, sys
+record = json.load(sys.stdin)
+print(record["scope"], record["library"])' 2>&1)
+verdict "run exit $job_rc, '$allocated', scope and library: $scope; overcommit_memory $(mode), leases $(lease_count)" \
+    "$job_rc" = 0 -a "$allocated" = "allocated 352800000000" \
+    -a "$scope" = "job /usr/lib/overcommit/libovercommit_preload.so" \
+    -a "$(mode)" = 0 -a "$(lease_count)" = 0
 
 begin bob-denied
 run $BOB overcommitctl run --mode always -- true
