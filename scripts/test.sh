@@ -7,9 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-vm.sh
-# tests/cli_input.rs compares our NumPy dtype sizes with Debian's numpy itself.
+# Debian's numpy (/usr/bin/python3 with python3-numpy): tests/cli_input.rs compares our NumPy
+# dtype sizes with it, and the job scope's tests (tests/preload.rs) run the seed with it (a
+# pyenv python3 first in PATH is not what other users can run).
 if ! /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
     sudo_=; [ "$(id -u)" = 0 ] || sudo_=sudo
+    $sudo_ apt-get update -q
     $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-numpy
 fi
 # promtool (Debian package prometheus) checks `top --format prometheus` (tests/cli_top.rs).
