@@ -44,6 +44,33 @@ Examples:
   overcommitctl apply hpc-strict --check --json              (config management)
   overcommitctl verify --json                                (node health checks)";
 
+const RUN_AFTER_HELP: &str = "\
+Scopes:
+  job   Only CMD and its children overcommit. CMD runs with LD_PRELOAD=libovercommit_preload.so
+        (beside overcommitctl, else /usr/lib/overcommit/), which maps their allocations of at
+        least --min-size bytes (OVERCOMMIT_MIN_SIZE in CMD's environment; default half of
+        MemTotal + SwapTotal) with MAP_NORESERVE. The kernel honours the flag in modes
+        heuristic (0) and always (1): no root, no daemon, the node's policy unchanged; pages
+        are taken when written and the OOM killer stays the backstop. Mode never (2) ignores
+        it, so run refuses there, and for programs the dynamic loader does not preload into
+        (static, setuid/setgid, file capabilities, another architecture).
+  node  A lease from overcommitd, held by run: the policy of the whole node, for every process
+        on it, until CMD ends or the lease's TTL passes. If the lease ends first (TTL,
+        overcommitd stopped or restarted without it) run says so at once; CMD runs on.
+  auto  The default: job when the kernel is in mode 0 or 1, the program (for a script, its
+        #! interpreter) honours LD_PRELOAD and no lease option is given; node otherwise.
+        run says on stderr which scope it took and why.
+
+Output: stdin and stdout are CMD's. Before CMD starts run writes one line on stderr; with --json
+one JSON object (schema_version, scope, scope_reason, kernel_mode, command, program, preload,
+library, min_size_bytes, lease, effective). Its own failures go to stderr too; with --json one
+JSON object (schema_version, code, message). Lease events while CMD runs, with --json:
+{schema_version, event: lease_ended|daemon_back|release_failed, lease_id, cause}.
+
+Exit status: CMD's, or 128+N when signal N ended it. run's own failures, CMD not run:
+125 bad usage, job scope impossible, lease refused, overcommitd unreachable;
+126 CMD found but cannot be executed; 127 CMD not found.";
+
 const DAEMON_AFTER_HELP: &str = "\
 Signals: SIGHUP reloads the configuration (a broken one is refused and the running one stays);
 SIGTERM and SIGINT end all leases, leave the baseline in force and exit.
@@ -405,6 +432,7 @@ pub struct LeaseOptions {
 }
 
 #[derive(Debug, Args)]
+#[command(after_long_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
     /// auto, job (CMD and its children only) or node (a lease: every process on the node).
     #[arg(long, value_enum, default_value = "auto", value_name = "SCOPE")]

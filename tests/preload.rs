@@ -555,6 +555,14 @@ fn run_exits_with_the_commands_status_or_its_own_125_126_127() {
         }
     }
     assert!(!marker.exists(), "no failed run may start CMD");
+    // The help (and the man page generated from it) says so.
+    let (_, help, _) = run(ctl().args(["run", "--help"]));
+    assert!(
+        help.contains(
+            "125 bad usage, job scope impossible, lease refused, overcommitd unreachable"
+        ) && help.contains("126 CMD found but cannot be executed; 127 CMD not found"),
+        "{help}"
+    );
 }
 
 #[test]
