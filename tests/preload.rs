@@ -760,6 +760,49 @@ mode = "heuristic"
     );
     assert!(child.try_wait().unwrap().is_none(), "the command runs on");
     assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // Killed and restarted, the daemon re-adopts the lease of the living holder: run says it
+    // lost the daemon, then that the lease still holds.
+    daemon.spawn();
+    let out_file = daemon.path("run2.err");
+    let mut child = daemon
+        .ctl()
+        .args([
+            "run", "--json", "--scope", "node", "--mode", "always", "--", "sleep", "5",
+        ])
+        .stderr(fs::File::create(&out_file).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(daemon.wait_mode("1", Duration::from_secs(5)).is_some());
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.spawn();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let events = loop {
+        let events: Vec<String> = fs::read_to_string(&out_file)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["event"].as_str().map(String::from))
+            .collect();
+        if events.len() >= 2 || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        events,
+        ["lease_ended", "daemon_back"],
+        "{}",
+        fs::read_to_string(&out_file).unwrap()
+    );
+    assert_eq!(daemon.mode(), "1", "the lease holds again");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        daemon.wait_mode("0", Duration::from_secs(5)).is_some(),
+        "released at the end"
+    );
 }
 
 /// contrib/slurm/task_prolog.sh as slurmd runs it: as the job's user, with the task's
