@@ -14,14 +14,7 @@ use std::time::{Duration, Instant};
 use overcommit::kernel::ProcRoot;
 use overcommit::predict::{predict, Process};
 
-const CONFIG: &str = r#"
-[daemon]
-baseline = "default"
-drift_interval = "0"
-
-[profiles.default]
-mode = "heuristic"
-"#;
+const CONFIG: &str = common::HEURISTIC_CONFIG;
 
 struct Connection {
     writer: UnixStream,

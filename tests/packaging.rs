@@ -188,14 +188,7 @@ fn man_pages_and_completions_are_generated_from_the_cli_definitions() {
     assert!(read("completions/overcommitctl.fish").contains("complete -c overcommitctl"));
 }
 
-const SITE: &str = r#"
-[daemon]
-baseline = "default"
-drift_interval = "0"
-
-[profiles.default]
-mode = "heuristic"
-"#;
+const SITE: &str = common::HEURISTIC_CONFIG;
 
 /// A `scontrol` that prints one job record, first in PATH.
 fn fake_scontrol(dir: &Path, record: &str) -> String {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::preload::built;
+use common::preload::{built, fields};
 use common::{as_user, run, Daemon};
 use serde_json::Value;
 
@@ -68,19 +68,6 @@ fn beyond_ram() -> u64 {
 /// The threshold the job scope uses by default: half of MemTotal + SwapTotal, in pages.
 fn default_min_size() -> u64 {
     (meminfo_bytes("MemTotal") + meminfo_bytes("SwapTotal")) / 2 / 4096 * 4096
-}
-
-/// The key=value fields of the first `JOBPROBE` line whose first field is `first`.
-fn fields(out: &str, first: &str) -> std::collections::BTreeMap<String, String> {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with(&format!("JOBPROBE {first}")))
-        .unwrap_or_else(|| panic!("no JOBPROBE {first} line in:\n{out}"));
-    line.split_whitespace()
-        .skip(1)
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn json_line(err: &str) -> Value {
@@ -701,15 +688,7 @@ fn check_predicts_the_job_scope() {
 /// the command runs on.
 #[test]
 fn a_lease_that_ends_before_the_command_is_reported_at_once() {
-    let config = r#"
-[daemon]
-baseline = "default"
-drift_interval = "0"
-
-[profiles.default]
-mode = "heuristic"
-"#;
-    let mut daemon = Daemon::start("m1024-swap512-mode0", config, &[]);
+    let mut daemon = Daemon::start("m1024-swap512-mode0", common::HEURISTIC_CONFIG, &[]);
     // TTL: reported about a second after it passes.
     let started = Instant::now();
     let (code, _, err) = run(daemon.ctl().args([
@@ -730,33 +709,52 @@ mode = "heuristic"
     );
     assert!(started.elapsed() >= Duration::from_secs(4));
 
+    // `run --json --scope node -- sleep SECS` in the background, holding its lease, and the
+    // events it reports on stderr within `within` (once `count` have come).
+    let holder = |daemon: &Daemon, name: &str, secs: &str| {
+        let file = daemon.path(name);
+        let child = daemon
+            .ctl()
+            .args([
+                "run", "--json", "--scope", "node", "--mode", "always", "--", "sleep", secs,
+            ])
+            .stderr(fs::File::create(&file).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(daemon.wait_mode("1", Duration::from_secs(5)).is_some());
+        (child, file)
+    };
+    let events = |file: &Path, count: usize, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = fs::read_to_string(file).unwrap();
+            let events: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["event"].is_string())
+                .collect();
+            if events.len() >= count || Instant::now() > deadline {
+                return (events, text);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
     // The daemon stops (ending every lease): reported while the command still runs.
-    let out_file = daemon.path("run.err");
-    let mut child = daemon
-        .ctl()
-        .args(["run", "--json", "--scope", "node", "--", "sleep", "3"])
-        .stderr(fs::File::create(&out_file).unwrap())
-        .spawn()
-        .unwrap();
-    assert!(daemon.wait_mode("1", Duration::from_secs(5)).is_some());
+    let (mut child, out_file) = holder(&daemon, "run.err", "3");
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     daemon.wait();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut events = Vec::new();
-    while Instant::now() < deadline && events.is_empty() {
-        std::thread::sleep(Duration::from_millis(50));
-        events = fs::read_to_string(&out_file)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["event"] == "lease_ended")
-            .collect();
-    }
+    let (seen, text) = events(&out_file, 1, Duration::from_secs(2));
     assert_eq!(
-        events.first().map(|e| e["cause"].clone()),
-        Some(Value::from("daemon_unreachable")),
-        "within 2 s of the daemon's exit: {}",
-        fs::read_to_string(&out_file).unwrap()
+        (
+            seen.first().map(|e| e["event"].clone()),
+            seen.first().map(|e| e["cause"].clone())
+        ),
+        (
+            Some(Value::from("lease_ended")),
+            Some(Value::from("daemon_unreachable"))
+        ),
+        "within 2 s of the daemon's exit: {text}"
     );
     assert!(child.try_wait().unwrap().is_none(), "the command runs on");
     assert_eq!(child.wait().unwrap().code(), Some(0));
@@ -764,39 +762,14 @@ mode = "heuristic"
     // Killed and restarted, the daemon re-adopts the lease of the living holder: run says it
     // lost the daemon, then that the lease still holds.
     daemon.spawn();
-    let out_file = daemon.path("run2.err");
-    let mut child = daemon
-        .ctl()
-        .args([
-            "run", "--json", "--scope", "node", "--mode", "always", "--", "sleep", "5",
-        ])
-        .stderr(fs::File::create(&out_file).unwrap())
-        .spawn()
-        .unwrap();
-    assert!(daemon.wait_mode("1", Duration::from_secs(5)).is_some());
+    let (mut child, out_file) = holder(&daemon, "run2.err", "5");
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     daemon.wait();
     std::thread::sleep(Duration::from_millis(300));
     daemon.spawn();
-    let deadline = Instant::now() + Duration::from_secs(4);
-    let events = loop {
-        let events: Vec<String> = fs::read_to_string(&out_file)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["event"].as_str().map(String::from))
-            .collect();
-        if events.len() >= 2 || Instant::now() > deadline {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(
-        events,
-        ["lease_ended", "daemon_back"],
-        "{}",
-        fs::read_to_string(&out_file).unwrap()
-    );
+    let (seen, text) = events(&out_file, 2, Duration::from_secs(4));
+    let names: Vec<&str> = seen.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["lease_ended", "daemon_back"], "{text}");
     assert_eq!(daemon.mode(), "1", "the lease holds again");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(

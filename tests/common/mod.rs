@@ -7,6 +7,16 @@ pub mod preload;
 pub mod schema;
 pub mod top_report;
 
+/// A daemon configuration with one profile, heuristic, as the baseline; no drift timer.
+pub const HEURISTIC_CONFIG: &str = r#"
+[daemon]
+baseline = "default"
+drift_interval = "0"
+
+[profiles.default]
+mode = "heuristic"
+"#;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

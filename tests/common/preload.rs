@@ -48,3 +48,17 @@ pub fn built() -> &'static Built {
         built
     })
 }
+
+/// The key=value fields of the first `JOBPROBE <first>` line of job_probe's output (found
+/// anywhere on a line: a guest's console may prefix it).
+pub fn fields(text: &str, first: &str) -> std::collections::BTreeMap<String, String> {
+    let line = text
+        .lines()
+        .find_map(|l| l.find(&format!("JOBPROBE {first}")).map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no JOBPROBE {first} line in:\n{text}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

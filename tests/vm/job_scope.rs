@@ -10,6 +10,7 @@
 #[path = "../common/preload.rs"]
 mod preload_build;
 
+use preload_build::fields;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -93,18 +94,6 @@ fn shared_libraries(binaries: &[&PathBuf]) -> Vec<PathBuf> {
         "ldd found no libc for {binaries:?}"
     );
     found
-}
-
-fn fields(text: &str, first: &str) -> std::collections::BTreeMap<String, String> {
-    let line = text
-        .lines()
-        .find_map(|l| l.find(&format!("JOBPROBE {first}")).map(|i| &l[i..]))
-        .unwrap_or_else(|| panic!("no JOBPROBE {first} line in:\n{text}"));
-    line.split_whitespace()
-        .skip(1)
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 pub fn run(test: &mut TestRun, host: &Host) {
