@@ -370,7 +370,6 @@ pub fn predict_malloc(
     )
 }
 
-/// Predicts one mmap of exactly `request` bytes.
 /// Under the job scope, a request of at least its threshold: the preload library maps it
 /// with MAP_NORESERVE, a header and the request in whole pages (preload/src/block.rs).
 pub fn predict_preloaded(node: &Node, process: &Process, request: u64) -> (Prediction, Allocation) {
@@ -381,31 +380,32 @@ pub fn predict_preloaded(node: &Node, process: &Process, request: u64) -> (Predi
         .unwrap_or(u64::MAX);
     let mut prediction = predict::predict_noreserve(node, process, length);
     prediction.request_bytes = request;
-    let path = match prediction.verdict {
-        Verdict::Refused => AllocPath::None,
-        _ => AllocPath::Mmap,
-    };
-    let allocation = Allocation {
-        allocator: Allocator::PreloadLibrary,
-        path,
-        mmap_bytes: length,
-        brk_min_bytes: None,
-        brk_max_bytes: None,
-        malloc: None,
-    };
-    (prediction, allocation)
+    one_mapping(prediction, Allocator::PreloadLibrary, length)
 }
 
+/// Predicts one mmap of exactly `request` bytes.
 pub fn predict_mmap(node: &Node, process: &Process, request: u64) -> (Prediction, Allocation) {
-    let prediction = predict::predict(node, process, request);
+    one_mapping(
+        predict::predict(node, process, request),
+        Allocator::Mmap,
+        request,
+    )
+}
+
+/// One mapping of `length` bytes, as `prediction` judged it.
+fn one_mapping(
+    prediction: Prediction,
+    allocator: Allocator,
+    length: u64,
+) -> (Prediction, Allocation) {
     let path = match prediction.verdict {
         Verdict::Refused => AllocPath::None,
         _ => AllocPath::Mmap,
     };
     let allocation = Allocation {
-        allocator: Allocator::Mmap,
+        allocator,
         path,
-        mmap_bytes: request,
+        mmap_bytes: length,
         brk_min_bytes: None,
         brk_max_bytes: None,
         malloc: None,
