@@ -538,6 +538,10 @@ impl<'a> LeaseWatch<'a> {
         };
         watch.connect();
         watch.arm_ttl();
+        if watch.stream.is_none() {
+            // The daemon answered a moment ago and now refuses a connection: ask at once.
+            watch.next_check = Some(SystemTime::now());
+        }
         watch
     }
 
@@ -591,9 +595,14 @@ impl<'a> LeaseWatch<'a> {
                     );
                 }
                 self.unreachable_reported = false;
-                self.retry = Duration::from_secs(1);
                 self.connect();
                 self.arm_ttl();
+                if self.stream.is_none() {
+                    self.next_check = Some(SystemTime::now() + self.retry);
+                    self.retry = (self.retry * 2).min(Duration::from_secs(30));
+                } else {
+                    self.retry = Duration::from_secs(1);
+                }
                 if unix_now() > self.expires_at {
                     // The clocks disagree by a little: look again shortly.
                     self.next_check = Some(SystemTime::now() + Duration::from_secs(1));
