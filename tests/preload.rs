@@ -709,8 +709,8 @@ fn a_lease_that_ends_before_the_command_is_reported_at_once() {
     );
     assert!(started.elapsed() >= Duration::from_secs(4));
 
-    // `run --json --scope node -- sleep SECS` in the background, holding its lease, and the
-    // events it reports on stderr within `within` (once `count` have come).
+    // `run --json --scope node -- sleep SECS` in the background, holding its lease once it
+    // returns; and the events it reports on stderr within `within` (once `count` have come).
     let holder = |daemon: &Daemon, name: &str, secs: &str| {
         let file = daemon.path(name);
         let child = daemon
@@ -721,7 +721,20 @@ fn a_lease_that_ends_before_the_command_is_reported_at_once() {
             .stderr(fs::File::create(&file).unwrap())
             .spawn()
             .unwrap();
-        assert!(daemon.wait_mode("1", Duration::from_secs(5)).is_some());
+        // Granted once run has printed its record (the kernel is written before the reply).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !fs::read_to_string(&file)
+            .unwrap()
+            .contains("\"scope\":\"node\"")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no grant: {}",
+                fs::read_to_string(&file).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(daemon.mode(), "1");
         (child, file)
     };
     let events = |file: &Path, count: usize, within: Duration| {
