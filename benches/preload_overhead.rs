@@ -1,9 +1,10 @@
 //! What the job scope's preload library costs small allocations: malloc/free pairs of 64 B
 //! to 64 KiB (examples/job_probe.rs `bench`), single- and multithreaded, without and with the
 //! library, also while a 2 GiB block is allocated (with the library it is one of its own, and
-//! then every free looks at the pointer's low bits). Release builds; the configurations
-//! alternate, round after round; medians and minimums are compared. Prints figures; asserts
-//! nothing about time.
+//! then every free looks at the pointer's low bits). Release builds; each thread's CPU time
+//! (not the wall clock, which counts waiting for a CPU on a shared machine); the
+//! configurations alternate, round after round; medians and minimums are compared. Prints
+//! figures; asserts nothing about time.
 //!
 //!     cargo bench --bench preload_overhead
 
@@ -79,7 +80,7 @@ fn summary(mut v: Vec<f64>) -> (f64, f64) {
 fn main() {
     let (library, probe) = build();
     println!(
-        "preload library overhead: malloc+free pairs of 64 B..64 KiB, {OPS} per thread, {ROUNDS} alternating rounds ({} CPUs); ns per pair, median (minimum)",
+        "preload library overhead: malloc+free pairs of 64 B..64 KiB, {OPS} per thread, {ROUNDS} alternating rounds ({} CPUs); CPU ns per pair, median (minimum)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     // Each pair: without and with the library, the same workload; the second pair with a

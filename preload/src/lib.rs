@@ -99,7 +99,7 @@ pub unsafe extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     let real_free = real::FREE.get();
-    if real_free != 0 && (block::none_live() || block::surely_foreign(p)) {
+    if real_free != 0 && block::surely_foreign(p) {
         return transmute::<usize, FreeFn>(real_free)(p);
     }
     free_slow(p)
@@ -107,7 +107,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 
 #[no_mangle]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
-    if size < fast_limit() && (block::none_live() || block::surely_foreign(p)) {
+    if size < fast_limit() && block::surely_foreign(p) {
         return transmute::<usize, ReallocFn>(real::REALLOC.get())(p, size);
     }
     realloc_slow(p, size)
@@ -245,7 +245,7 @@ unsafe fn aligned(real_fn: &real::Symbol, align: usize, size: usize) -> *mut c_v
 /// `align` 0: malloc's own alignment.
 #[cold]
 #[inline(never)]
-unsafe fn allocate(size: usize, align: usize) -> *mut c_void {
+unsafe extern "C" fn allocate(size: usize, align: usize) -> *mut c_void {
     if size >= setup::min_size() {
         return block::alloc(size, align);
     }
@@ -267,7 +267,7 @@ unsafe fn allocate(size: usize, align: usize) -> *mut c_void {
 
 #[cold]
 #[inline(never)]
-unsafe fn calloc_slow(count: usize, size: usize, total: usize) -> *mut c_void {
+unsafe extern "C" fn calloc_slow(count: usize, size: usize, total: usize) -> *mut c_void {
     if total < setup::min_size() && real::ready() {
         return transmute::<usize, CallocFn>(real::CALLOC.get())(count, size);
     }
@@ -277,7 +277,7 @@ unsafe fn calloc_slow(count: usize, size: usize, total: usize) -> *mut c_void {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(p: *mut c_void) {
+unsafe extern "C" fn free_slow(p: *mut c_void) {
     match block::owner(p) {
         Owner::Block(block) => block::free(block),
         // Arena memory is never reused.
@@ -298,7 +298,7 @@ enum Old {
 
 #[cold]
 #[inline(never)]
-unsafe fn realloc_slow(p: *mut c_void, size: usize) -> *mut c_void {
+unsafe extern "C" fn realloc_slow(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
         return malloc(size);
     }

@@ -175,12 +175,6 @@ pub fn arena_alloc(size: usize, align: usize) -> *mut c_void {
     core::ptr::null_mut()
 }
 
-/// Whether `p` points into the arena.
-#[inline(always)]
-pub fn in_arena(p: usize) -> bool {
-    p.wrapping_sub(arena_start()) < ARENA_SIZE
-}
-
 /// The size of an arena block, or None when `p` is not one.
 pub fn arena_block(p: usize) -> Option<usize> {
     let offset = p.wrapping_sub(arena_start());
