@@ -14,6 +14,9 @@
 //!                                 pointers at every page offset the library looks at
 //! job_probe fork BYTES            a forked child and an exec'd one each allocate BYTES
 //! job_probe hold BYTES            allocate BYTES (malloc), report, wait to be killed
+//! job_probe aligned COUNT BYTES   COUNT page-aligned posix_memalign blocks of BYTES kept
+//!                                 live at once; reports how many succeeded and whether the
+//!                                 first and the last are MAP_NORESERVE
 //! job_probe bench THREADS OPS [LIVE_BYTES]
 //!                                 OPS malloc/free pairs of 64 B to 64 KiB per thread (a
 //!                                 ring of 64 live blocks), timed; with LIVE_BYTES, one block
@@ -36,6 +39,7 @@ const USAGE: &str = "usage:
   job_probe foreign
   job_probe fork BYTES
   job_probe hold BYTES
+  job_probe aligned COUNT BYTES
   job_probe bench THREADS OPS [LIVE_BYTES]";
 
 fn main() {
@@ -48,6 +52,7 @@ fn main() {
         ["foreign"] => foreign(),
         ["fork", bytes] => fork(number(bytes)),
         ["hold", bytes] => hold(number(bytes)),
+        ["aligned", count, bytes] => aligned(number(count), number(bytes)),
         ["bench", threads, ops] => bench(number(threads), number(ops), 0),
         ["bench", threads, ops, live] => bench(number(threads), number(ops), number(live)),
         _ => {
@@ -602,6 +607,42 @@ fn hold(bytes: usize) {
     );
     loop {
         std::thread::park();
+    }
+}
+
+/// `job_probe aligned COUNT BYTES`: many live page-aligned blocks at once, more than the
+/// library's registry of page-aligned blocks holds.
+fn aligned(count: usize, bytes: usize) {
+    let mut blocks = Vec::with_capacity(count);
+    let mut failed = 0;
+    for _ in 0..count {
+        let mut p = null_mut();
+        // SAFETY: a plain posix_memalign; the blocks are freed below.
+        if unsafe { libc::posix_memalign(&mut p, 4096, bytes) } == 0 && p as usize % 4096 == 0 {
+            blocks.push(p);
+        } else {
+            failed += 1;
+        }
+    }
+    let flag = |p: Option<&*mut c_void>| match p.and_then(|p| noreserve(*p as usize)) {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    println!(
+        "JOBPROBE aligned count={count} ok={} failed={failed} first_noreserve={} last_noreserve={} library={}",
+        blocks.len(),
+        flag(blocks.first()),
+        flag(blocks.last()),
+        library_field()
+    );
+    for p in blocks {
+        // SAFETY: each came from posix_memalign above and is freed once.
+        unsafe { libc::free(p) };
+    }
+    if failed > 0 {
+        println!("JOBPROBE-FAIL {failed} of {count} page-aligned allocations failed");
+        exit(1);
     }
 }
 

@@ -235,6 +235,22 @@ fn realloc_crosses_the_threshold_both_ways_keeping_the_contents() {
     );
 }
 
+/// Page-aligned blocks are found through a registry of 1,024 slots; once every slot holds a
+/// live block, further page-aligned requests are served by the real allocator (charged, as
+/// without the library), never refused.
+#[test]
+fn page_aligned_blocks_beyond_the_registry_fall_back_to_the_real_allocator() {
+    let (code, out, err) = probe_in_job(
+        &["--min-size", "1M"],
+        &["aligned", "1100", &(2 * MIB).to_string()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let aligned = fields(&out, "aligned");
+    assert_eq!(aligned["ok"], "1100", "{out}");
+    assert_eq!(aligned["first_noreserve"], "yes", "{out}");
+    assert_eq!(aligned["last_noreserve"], "no", "{out}");
+}
+
 #[test]
 fn threads_mixing_small_and_large_blocks_keep_every_block_intact() {
     let (code, out, err) = probe_in_job(

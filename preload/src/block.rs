@@ -233,14 +233,16 @@ fn layout(size: usize, align: usize) -> Option<(usize, usize)> {
 }
 
 /// A new zeroed block of at least `size` bytes at a multiple of `align` (a power of two),
-/// or null with errno ENOMEM.
-pub fn alloc(size: usize, align: usize) -> *mut c_void {
+/// or null with errno ENOMEM. `None` when a page-aligned block finds no free slot in the
+/// registry: the caller then lets the real allocator serve the request (charged, exactly as
+/// without the library) rather than failing it.
+pub fn alloc(size: usize, align: usize) -> Option<*mut c_void> {
     let Some((offset, len)) = layout(size, align) else {
         sys::set_errno(libc::ENOMEM);
-        return core::ptr::null_mut();
+        return Some(core::ptr::null_mut());
     };
     let Some(base) = sys::map_noreserve(len) else {
-        return core::ptr::null_mut();
+        return Some(core::ptr::null_mut());
     };
     let ptr = if offset < page() {
         base + offset
@@ -249,8 +251,7 @@ pub fn alloc(size: usize, align: usize) -> *mut c_void {
         if !register(ptr) {
             // SAFETY: our own fresh mapping.
             unsafe { sys::unmap(base, len) };
-            sys::set_errno(libc::ENOMEM);
-            return core::ptr::null_mut();
+            return None;
         }
         ptr
     };
@@ -258,7 +259,7 @@ pub fn alloc(size: usize, align: usize) -> *mut c_void {
     CLASSES.fetch_or(1 << ((ptr & 4095) >> 6), Ordering::AcqRel);
     // SAFETY: the header lies in the mapping just made.
     unsafe { block.write_header() };
-    ptr as *mut c_void
+    Some(ptr as *mut c_void)
 }
 
 /// Unmaps a block.

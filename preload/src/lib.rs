@@ -247,7 +247,11 @@ unsafe fn aligned(real_fn: &real::Symbol, align: usize, size: usize) -> *mut c_v
 #[inline(never)]
 unsafe extern "C" fn allocate(size: usize, align: usize) -> *mut c_void {
     if size >= setup::min_size() {
-        return block::alloc(size, align);
+        if let Some(p) = block::alloc(size, align) {
+            return p;
+        }
+        // Every registry slot holds a live page-aligned block: the real allocator serves this
+        // one, charged as it would be without the library.
     }
     if !real::ready() {
         return real::arena_alloc(size, align);
