@@ -285,33 +285,39 @@ impl CheckReport {
             ),
         );
         let a = &self.allocation;
-        let path = match a.path {
+        let outcome = match a.path {
             AllocPath::Mmap if a.allocator == Allocator::PreloadLibrary => {
-                "by a MAP_NORESERVE mapping of the job scope's library"
+                "one MAP_NORESERVE mapping of the job scope's library"
             }
-            AllocPath::Heap => {
-                "from free space the process's malloc already holds (no system call)"
-            }
-            AllocPath::Mmap => "by a mapping of its own (mmap)",
-            AllocPath::Brk => "by growing the heap (brk), after malloc's mmap",
-            AllocPath::Varies => "by mmap or by brk, depending on what is not known",
-            AllocPath::None => "by no path: mmap and brk are both refused",
+            AllocPath::Heap => "served from free space malloc already holds (no system call)",
+            AllocPath::Mmap => "the mmap decides",
+            AllocPath::Brk => "the mmap fails, growing the heap (brk) decides",
+            AllocPath::Varies => "mmap or brk decides, depending on what is not known",
+            AllocPath::None => "both are refused",
         };
-        let asks = match (a.brk_min_bytes, a.brk_max_bytes) {
-            (Some(low), Some(high)) if low == high => format!(
-                "malloc: mmap {} B, then brk {} B",
-                Grouped(a.mmap_bytes),
-                Grouped(high)
+        // The value column stays short (the allocator); the sizes each system call asks for
+        // go with the verdict in the note.
+        let (allocator, asks) = match (a.brk_min_bytes, a.brk_max_bytes) {
+            (Some(low), Some(high)) if low == high => (
+                "malloc",
+                format!(
+                    "mmap {} B, then brk {} B",
+                    Grouped(a.mmap_bytes),
+                    Grouped(high)
+                ),
             ),
-            (Some(low), Some(high)) => format!(
-                "malloc: mmap {} B, then brk {}..{} B",
-                Grouped(a.mmap_bytes),
-                Grouped(low),
-                Grouped(high)
+            (Some(low), Some(high)) => (
+                "malloc",
+                format!(
+                    "mmap {} B, then brk {}..{} B",
+                    Grouped(a.mmap_bytes),
+                    Grouped(low),
+                    Grouped(high)
+                ),
             ),
-            _ => format!("one mmap of {} B", Grouped(a.mmap_bytes)),
+            _ => ("mmap", format!("one mmap of {} B", Grouped(a.mmap_bytes))),
         };
-        why.row("path", asks, path);
+        why.row("path", allocator, format!("{asks}: {outcome}"));
         match p.rule {
             Rule::Heuristic => {
                 why.row(
