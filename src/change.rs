@@ -39,33 +39,64 @@ pub fn write_policy<K: Kernel + ?Sized>(
     swappiness: Option<u64>,
 ) -> Result<(Tunables, Tunables), KernelError> {
     let before = kernel.read_tunables()?;
-    let result = write_and_check(kernel, &before, policy, swappiness);
-    if result.is_err() {
-        if let Ok(previous) = before.policy() {
-            let undo = write_and_check(kernel, &before, &previous, Some(before.swappiness));
-            if let Err(e) = undo {
-                warn!("could not put back {previous} after a failed write: {e}");
-            }
-        }
-    }
-    result.map(|after| (before, after))
+    write_policy_over(kernel, &before, policy, swappiness).map(|after| (before, after))
 }
 
-fn write_and_check<K: Kernel + ?Sized>(
+/// The knobs a policy is made of: what a change reads back.
+pub const POLICY_KNOBS: [Knob; 3] = [
+    Knob::OvercommitMemory,
+    Knob::OvercommitRatio,
+    Knob::OvercommitKbytes,
+];
+
+/// [`write_policy`] from `before`, the kernel's values just read (the policy knobs, and
+/// swappiness when `swappiness` is given): writes what differs, reads back only what was
+/// written to, and on failure puts `before` back. Returns the tunables after.
+pub fn write_policy_over<K: Kernel + ?Sized>(
     kernel: &K,
     before: &Tunables,
     policy: &Policy,
     swappiness: Option<u64>,
 ) -> Result<Tunables, KernelError> {
-    // Plan from what the kernel holds now: after a failed write it may not be `before`.
-    let current = kernel.read_tunables().unwrap_or(*before);
-    for (knob, value) in write_plan(&current, policy) {
+    let result = write_and_check(kernel, before, policy, swappiness);
+    if result.is_err() {
+        if let Ok(previous) = before.policy() {
+            // After a failed step the kernel may hold neither: plan from what it holds now.
+            // Swappiness goes back only if it was to change (only then was it read).
+            let old_swappiness = swappiness.map(|_| before.swappiness);
+            let mut current = *before;
+            let undo = kernel
+                .read_knobs(&POLICY_KNOBS, &mut current)
+                .and_then(|()| match old_swappiness {
+                    Some(_) => kernel.read_knobs(&[Knob::Swappiness], &mut current),
+                    None => Ok(()),
+                })
+                .and_then(|()| write_and_check(kernel, &current, &previous, old_swappiness));
+            if let Err(e) = undo {
+                warn!("could not put back {previous} after a failed write: {e}");
+            }
+        }
+    }
+    result
+}
+
+fn write_and_check<K: Kernel + ?Sized>(
+    kernel: &K,
+    current: &Tunables,
+    policy: &Policy,
+    swappiness: Option<u64>,
+) -> Result<Tunables, KernelError> {
+    for (knob, value) in write_plan(current, policy) {
         kernel.write_knob(knob, value)?;
     }
     if let Some(value) = swappiness.filter(|&s| s != current.swappiness) {
         kernel.write_knob(Knob::Swappiness, value)?;
     }
-    let after = kernel.read_tunables()?;
+    let mut after = *current;
+    kernel.read_knobs(&POLICY_KNOBS, &mut after)?;
+    if swappiness.is_some() {
+        kernel.read_knobs(&[Knob::Swappiness], &mut after)?;
+    }
     let mut expected = current.with_policy(policy);
     if let Some(value) = swappiness {
         expected.swappiness = value;
@@ -142,6 +173,9 @@ pub(crate) mod testing {
         pub node: RefCell<Node>,
         pub faults: Faults,
         pub writes: Cell<u32>,
+        /// Successful read calls (of knobs, memory or the node), and of memory alone.
+        pub reads: Cell<u32>,
+        pub memory_reads: Cell<u32>,
     }
 
     impl FakeKernel {
@@ -158,6 +192,8 @@ pub(crate) mod testing {
                 )),
                 faults: Faults::default(),
                 writes: Cell::new(0),
+                reads: Cell::new(0),
+                memory_reads: Cell::new(0),
             }
         }
 
@@ -178,19 +214,47 @@ pub(crate) mod testing {
         }
     }
 
-    impl Kernel for FakeKernel {
-        fn read_tunables(&self) -> Result<Tunables, KernelError> {
-            self.node().map(|n| n.tunables)
-        }
-
-        fn node(&self) -> Result<Node, KernelError> {
+    impl FakeKernel {
+        /// One read, failing while `faults.reads` says so.
+        fn read(&self) -> Result<std::cell::Ref<'_, Node>, KernelError> {
             if let Some(source) = FakeKernel::fail(&self.faults.reads, self.faults.errno.get()) {
                 return Err(KernelError::Read {
                     path: "/fake/meminfo".into(),
                     source,
                 });
             }
-            Ok(self.node.borrow().clone())
+            self.reads.set(self.reads.get() + 1);
+            Ok(self.node.borrow())
+        }
+    }
+
+    impl Kernel for FakeKernel {
+        fn read_knobs(&self, knobs: &[Knob], into: &mut Tunables) -> Result<(), KernelError> {
+            let node = self.read()?;
+            let t = &node.tunables;
+            for knob in knobs {
+                match knob {
+                    Knob::OvercommitMemory => into.overcommit_memory = t.overcommit_memory,
+                    Knob::OvercommitRatio => into.overcommit_ratio = t.overcommit_ratio,
+                    Knob::OvercommitKbytes => into.overcommit_kbytes = t.overcommit_kbytes,
+                    Knob::AdminReserveKbytes => into.admin_reserve_kbytes = t.admin_reserve_kbytes,
+                    Knob::UserReserveKbytes => into.user_reserve_kbytes = t.user_reserve_kbytes,
+                    Knob::MaxMapCount => into.max_map_count = t.max_map_count,
+                    Knob::Swappiness => into.swappiness = t.swappiness,
+                    Knob::NrHugepages => into.nr_hugepages = t.nr_hugepages,
+                }
+            }
+            Ok(())
+        }
+
+        fn read_memory(&self) -> Result<crate::model::Memory, KernelError> {
+            let memory = self.read()?.memory;
+            self.memory_reads.set(self.memory_reads.get() + 1);
+            Ok(memory)
+        }
+
+        fn node(&self) -> Result<Node, KernelError> {
+            Ok(self.read()?.clone())
         }
 
         fn write_knob(&self, knob: Knob, value: u64) -> Result<(), KernelError> {

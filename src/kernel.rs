@@ -4,6 +4,7 @@
 //! so tests point it at a fake tree. Facts about processes always come from the real /proc,
 //! because processes are always real (design.md).
 
+use std::cell::RefCell;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -103,35 +104,9 @@ impl ProcRoot {
         })
     }
 
-    /// Reads one vm sysctl that the kernel keeps as an unsigned long (its whole range).
-    fn read_unsigned(&self, knob: Knob) -> Result<u64, KernelError> {
-        let path = self.knob_path(knob);
-        let text = read_file(&path)?;
-        parse_unsigned(&text).ok_or_else(|| KernelError::Parse {
-            path,
-            expected: "a non-negative integer",
-            found: text.trim().to_string(),
-        })
-    }
-
+    /// All eight vm knobs.
     pub fn read_tunables(&self) -> Result<Tunables, KernelError> {
-        let mode_number = self.read_knob(Knob::OvercommitMemory)?;
-        let overcommit_memory =
-            Mode::from_number(mode_number).ok_or_else(|| KernelError::Parse {
-                path: self.knob_path(Knob::OvercommitMemory),
-                expected: "0, 1 or 2",
-                found: mode_number.to_string(),
-            })?;
-        Ok(Tunables {
-            overcommit_memory,
-            overcommit_ratio: self.read_knob(Knob::OvercommitRatio)?,
-            overcommit_kbytes: self.read_unsigned(Knob::OvercommitKbytes)?,
-            admin_reserve_kbytes: self.read_unsigned(Knob::AdminReserveKbytes)?,
-            user_reserve_kbytes: self.read_unsigned(Knob::UserReserveKbytes)?,
-            max_map_count: self.read_unsigned(Knob::MaxMapCount)?,
-            swappiness: self.read_unsigned(Knob::Swappiness)?,
-            nr_hugepages: self.read_unsigned(Knob::NrHugepages)?,
-        })
+        Kernel::read_tunables(self)
     }
 
     /// /proc/meminfo through the `procfs` parser, reduced to what the rules read.
@@ -202,35 +177,22 @@ impl ProcRoot {
     /// Writes one vm sysctl: one write() of the whole value at offset 0, as the kernel wants.
     pub fn write_knob(&self, knob: Knob, value: u64) -> Result<(), KernelError> {
         let path = self.knob_path(knob);
-        let text = format!("{value}\n");
-        let error = |source| KernelError::Write {
+        let file = open_regular(&path, true).map_err(|source| KernelError::Write {
             path: path.clone(),
             value,
             source,
-        };
-        let file = open_regular(&path, true).map_err(error)?;
-        let written = file.write_at(text.as_bytes(), 0).map_err(error)?;
-        if written != text.len() {
-            return Err(error(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "short write",
-            )));
-        }
+        })?;
+        write_value(&file, &path, value)?;
         // The kernel zeroes the other limit knob when one is written. A fake tree is plain
         // files, so do the kernel's part there, so that tests see what a kernel would hold.
-        if !self.is_procfs() {
-            let other = match knob {
-                Knob::OvercommitRatio => Some(Knob::OvercommitKbytes),
-                Knob::OvercommitKbytes => Some(Knob::OvercommitRatio),
-                _ => None,
-            };
-            if let Some(other) = other {
-                fs::write(self.knob_path(other), "0\n").map_err(|source| KernelError::Write {
-                    path: self.knob_path(other),
-                    value: 0,
-                    source,
-                })?;
-            }
+        if let Some(other) = knob.zeroed_with().filter(|_| !self.is_procfs()) {
+            let path = self.knob_path(other);
+            let file = open_regular(&path, true).map_err(|source| KernelError::Write {
+                path: path.clone(),
+                value: 0,
+                source,
+            })?;
+            write_value(&file, &path, 0)?;
         }
         Ok(())
     }
@@ -242,19 +204,99 @@ impl ProcRoot {
     }
 }
 
-/// The node-wide kernel state the daemon and `set` read and write: a [`ProcRoot`] on a node,
-/// fault-injecting stand-ins in tests. Reads and writes of one knob at a time, so that an
-/// implementation may keep its files open.
+/// One write() of `value` at offset 0 (a file opened with O_TRUNC, or a procfs knob).
+fn write_value(file: &fs::File, path: &Path, value: u64) -> Result<(), KernelError> {
+    let text = format!("{value}\n");
+    let error = |source| KernelError::Write {
+        path: path.to_path_buf(),
+        value,
+        source,
+    };
+    let written = file.write_at(text.as_bytes(), 0).map_err(error)?;
+    if written != text.len() {
+        return Err(error(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write",
+        )));
+    }
+    Ok(())
+}
+
+/// Parses the text of `knob` into its field of `tunables`.
+fn set_knob(
+    tunables: &mut Tunables,
+    knob: Knob,
+    text: &str,
+    path: &Path,
+) -> Result<(), KernelError> {
+    let error = |expected| KernelError::Parse {
+        path: path.to_path_buf(),
+        expected,
+        found: text.trim().to_string(),
+    };
+    let unsigned = || parse_unsigned(text).ok_or_else(|| error("a non-negative integer"));
+    match knob {
+        Knob::OvercommitMemory => {
+            tunables.overcommit_memory = text
+                .trim()
+                .parse()
+                .ok()
+                .and_then(Mode::from_number)
+                .ok_or_else(|| error("0, 1 or 2"))?
+        }
+        Knob::OvercommitRatio => {
+            tunables.overcommit_ratio = text.trim().parse().map_err(|_| error("an integer"))?
+        }
+        Knob::OvercommitKbytes => tunables.overcommit_kbytes = unsigned()?,
+        Knob::AdminReserveKbytes => tunables.admin_reserve_kbytes = unsigned()?,
+        Knob::UserReserveKbytes => tunables.user_reserve_kbytes = unsigned()?,
+        Knob::MaxMapCount => tunables.max_map_count = unsigned()?,
+        Knob::Swappiness => tunables.swappiness = unsigned()?,
+        Knob::NrHugepages => tunables.nr_hugepages = unsigned()?,
+    }
+    Ok(())
+}
+
+/// The node-wide kernel state the daemon and `set` read and write: a [`ProcRoot`] for the
+/// command line, [`ProcFiles`] (files kept open) for the daemon, fault-injecting stand-ins in
+/// tests. Reads and writes one knob at a time, so that a caller reads only what it needs.
 pub trait Kernel {
-    fn read_tunables(&self) -> Result<Tunables, KernelError>;
+    /// Reads `knobs` into `into`, one read each; its other fields are left as they are.
+    fn read_knobs(&self, knobs: &[Knob], into: &mut Tunables) -> Result<(), KernelError>;
+    /// /proc/meminfo, reduced to what the rules read.
+    fn read_memory(&self) -> Result<Memory, KernelError>;
     /// Everything the rules read (tunables, meminfo, release, CPUs).
     fn node(&self) -> Result<Node, KernelError>;
     fn write_knob(&self, knob: Knob, value: u64) -> Result<(), KernelError>;
+
+    /// All eight vm knobs.
+    fn read_tunables(&self) -> Result<Tunables, KernelError> {
+        let mut tunables = Tunables {
+            overcommit_memory: Mode::Heuristic,
+            overcommit_ratio: 0,
+            overcommit_kbytes: 0,
+            admin_reserve_kbytes: 0,
+            user_reserve_kbytes: 0,
+            max_map_count: 0,
+            swappiness: 0,
+            nr_hugepages: 0,
+        };
+        self.read_knobs(&Knob::ALL, &mut tunables)?;
+        Ok(tunables)
+    }
 }
 
 impl Kernel for ProcRoot {
-    fn read_tunables(&self) -> Result<Tunables, KernelError> {
-        ProcRoot::read_tunables(self)
+    fn read_knobs(&self, knobs: &[Knob], into: &mut Tunables) -> Result<(), KernelError> {
+        for &knob in knobs {
+            let path = self.knob_path(knob);
+            set_knob(into, knob, &read_file(&path)?, &path)?;
+        }
+        Ok(())
+    }
+
+    fn read_memory(&self) -> Result<Memory, KernelError> {
+        ProcRoot::read_memory(self)
     }
 
     fn node(&self) -> Result<Node, KernelError> {
@@ -263,6 +305,224 @@ impl Kernel for ProcRoot {
 
     fn write_knob(&self, knob: Knob, value: u64) -> Result<(), KernelError> {
         ProcRoot::write_knob(self, knob, value)
+    }
+}
+
+/// The daemon's kernel files: each vm knob and /proc/meminfo opened once and read with
+/// pread(2) at offset 0 (no open, fstat and close per read, and no descriptor needed when the
+/// daemon has none to spare); knobs written with one pwrite(2) through a descriptor of their
+/// own, so that a read-only /proc/sys still reads. The release, CPU count and page size are
+/// read once: they do not change while the system runs. A descriptor whose read or write
+/// fails is closed, and opened again at its next use.
+#[derive(Debug)]
+pub struct ProcFiles {
+    root: ProcRoot,
+    /// Not procfs: a test tree, where writes do the kernel's part (truncate, zero the other
+    /// limit knob).
+    fake: bool,
+    readers: [RefCell<Option<fs::File>>; Knob::ALL.len()],
+    writers: [RefCell<Option<fs::File>>; Knob::ALL.len()],
+    meminfo: RefCell<Option<fs::File>>,
+    /// meminfo's text, read into the same buffer each time.
+    buffer: RefCell<Vec<u8>>,
+    kernel: Option<KernelVersion>,
+    nr_cpus: u32,
+    page_size: u64,
+}
+
+/// The most read from one knob file (a value is at most 20 digits and a newline).
+const MAX_KNOB_TEXT: usize = 64;
+
+impl ProcFiles {
+    /// Opens what can be opened now (the rest at its first use).
+    pub fn open(root: ProcRoot) -> ProcFiles {
+        let files = ProcFiles {
+            fake: !root.is_procfs(),
+            readers: Default::default(),
+            writers: Default::default(),
+            meminfo: RefCell::new(None),
+            buffer: RefCell::new(Vec::with_capacity(8192)),
+            kernel: root
+                .read_release()
+                .ok()
+                .and_then(|r| KernelVersion::parse(&r)),
+            nr_cpus: root.read_nr_cpus().unwrap_or(1),
+            page_size: page_size(),
+            root,
+        };
+        for knob in Knob::ALL {
+            let _ = files.reader(knob, |_| Ok(()));
+        }
+        let _ = files.with_meminfo(|_| Ok(()));
+        files
+    }
+
+    pub fn root(&self) -> &ProcRoot {
+        &self.root
+    }
+
+    /// Runs `use_file` on the kept descriptor in `slot` (opened first if needed); a failure
+    /// closes it.
+    fn with_file<T>(
+        slot: &RefCell<Option<fs::File>>,
+        path: impl FnOnce() -> PathBuf,
+        write: bool,
+        use_file: impl FnOnce(&fs::File) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut slot = slot.borrow_mut();
+        let file = match slot.take() {
+            Some(file) => file,
+            None => open_kept(&path(), write)?,
+        };
+        let result = use_file(&file);
+        if result.is_ok() {
+            *slot = Some(file);
+        }
+        result
+    }
+
+    fn reader<T>(
+        &self,
+        knob: Knob,
+        use_file: impl FnOnce(&fs::File) -> io::Result<T>,
+    ) -> Result<T, KernelError> {
+        let path = || self.root.knob_path(knob);
+        ProcFiles::with_file(&self.readers[knob as usize], path, false, use_file).map_err(
+            |source| KernelError::Read {
+                path: self.root.knob_path(knob),
+                source,
+            },
+        )
+    }
+
+    fn with_meminfo<T>(
+        &self,
+        use_file: impl FnOnce(&fs::File) -> io::Result<T>,
+    ) -> Result<T, KernelError> {
+        let path = || self.root.path().join("meminfo");
+        ProcFiles::with_file(&self.meminfo, path, false, use_file).map_err(|source| {
+            KernelError::Read {
+                path: self.root.path().join("meminfo"),
+                source,
+            }
+        })
+    }
+
+    fn write_one(&self, knob: Knob, value: u64) -> Result<(), KernelError> {
+        let path = || self.root.knob_path(knob);
+        let text = format!("{value}\n");
+        let fake = self.fake;
+        ProcFiles::with_file(&self.writers[knob as usize], path, true, |file| {
+            let written = file.write_at(text.as_bytes(), 0)?;
+            if written != text.len() {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+            }
+            if fake {
+                // A plain file keeps what was longer before: cut it where the kernel would.
+                file.set_len(text.len() as u64)?;
+            }
+            Ok(())
+        })
+        .map_err(|source| KernelError::Write {
+            path: self.root.knob_path(knob),
+            value,
+            source,
+        })
+    }
+}
+
+/// Opens a kernel file to keep: without blocking, regular files only.
+fn open_kept(path: &Path, write: bool) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+impl Kernel for ProcFiles {
+    fn read_knobs(&self, knobs: &[Knob], into: &mut Tunables) -> Result<(), KernelError> {
+        for &knob in knobs {
+            let mut buffer = [0u8; MAX_KNOB_TEXT];
+            let length = self.reader(knob, |file| loop {
+                match file.read_at(&mut buffer, 0) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    result => return result,
+                }
+            })?;
+            let text = String::from_utf8_lossy(&buffer[..length]);
+            set_knob(into, knob, &text, &self.root.knob_path(knob))?;
+        }
+        Ok(())
+    }
+
+    fn read_memory(&self) -> Result<Memory, KernelError> {
+        let mut buffer = self.buffer.borrow_mut();
+        buffer.clear();
+        self.with_meminfo(|file| read_whole_at(file, &mut buffer))?;
+        let path = || self.root.path().join("meminfo");
+        let text = std::str::from_utf8(&buffer).map_err(|_| KernelError::Parse {
+            path: path(),
+            expected: "UTF-8 text",
+            found: String::from_utf8_lossy(&buffer).into_owned(),
+        })?;
+        parse_meminfo(text).map_err(|(expected, found)| KernelError::Parse {
+            path: path(),
+            expected,
+            found,
+        })
+    }
+
+    fn node(&self) -> Result<Node, KernelError> {
+        Ok(Node {
+            tunables: self.read_tunables()?,
+            memory: self.read_memory()?,
+            kernel: self.kernel,
+            nr_cpus: self.nr_cpus,
+            page_size: self.page_size,
+        })
+    }
+
+    fn write_knob(&self, knob: Knob, value: u64) -> Result<(), KernelError> {
+        self.write_one(knob, value)?;
+        if let Some(other) = knob.zeroed_with().filter(|_| self.fake) {
+            self.write_one(other, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole file with pread(2) from offset 0 into `buffer`, up to [`MAX_KERNEL_FILE`].
+fn read_whole_at(file: &fs::File, buffer: &mut Vec<u8>) -> io::Result<()> {
+    loop {
+        if buffer.len() == buffer.capacity() {
+            if buffer.len() as u64 >= MAX_KERNEL_FILE {
+                return Ok(());
+            }
+            buffer.reserve(buffer.capacity().max(4096));
+        }
+        let start = buffer.len();
+        buffer.resize(buffer.capacity(), 0);
+        match file.read_at(&mut buffer[start..], start as u64) {
+            Ok(0) => {
+                buffer.truncate(start);
+                return Ok(());
+            }
+            Ok(n) => buffer.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buffer.truncate(start),
+            Err(e) => {
+                buffer.truncate(start);
+                return Err(e);
+            }
+        }
     }
 }
 
@@ -294,10 +554,12 @@ pub fn parse_meminfo(text: &str) -> Result<Memory, (&'static str, String)> {
     {
         return Err((EXPECTED, line.to_string()));
     }
-    let info = Meminfo::from_read(text.as_bytes()).map_err(|e| {
+    // The parser's own errors speak of its internals: show the text's start instead.
+    let info = Meminfo::from_read(text.as_bytes()).map_err(|_| {
+        let start: String = text.chars().take(80).collect();
         (
             "meminfo lines such as `MemTotal: 16384 kB` (MemTotal, SwapTotal, Committed_AS, ...)",
-            e.to_string(),
+            start,
         )
     })?;
     let hugetlb = info.hugetlb.unwrap_or_else(|| {

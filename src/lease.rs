@@ -21,6 +21,9 @@ pub struct Lease {
     /// 128 random bits, hex: unguessable.
     pub id: String,
     pub owner_uid: u32,
+    /// The owner's user name (or uid), looked up once, at the grant.
+    #[serde(default)]
+    pub owner: String,
     pub requester_pid: i32,
     pub requester_comm: String,
     pub policy: Policy,
@@ -37,9 +40,15 @@ pub struct Lease {
 
 /// A new unguessable lease id.
 pub fn new_lease_id() -> Result<String, getrandom::Error> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    let mut id = String::with_capacity(32);
+    for b in bytes {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    Ok(id)
 }
 
 /// The most permissive of the baseline and the leases: never < heuristic < always, and within

@@ -566,6 +566,15 @@ impl Knob {
         }
     }
 
+    /// The limit knob the kernel zeroes when this one is written (the ratio/kbytes pair).
+    pub fn zeroed_with(self) -> Option<Knob> {
+        match self {
+            Knob::OvercommitRatio => Some(Knob::OvercommitKbytes),
+            Knob::OvercommitKbytes => Some(Knob::OvercommitRatio),
+            _ => None,
+        }
+    }
+
     /// The sysctl key, as sysctl.d files spell it.
     pub fn sysctl_key(self) -> String {
         format!("vm.{}", self.file_name())

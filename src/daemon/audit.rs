@@ -56,11 +56,11 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
     let (uid, user, pid, comm) = match &audit.actor {
         Some(actor) => (
             actor.peer.uid.to_string(),
-            user_name(actor.peer.uid),
+            actor.user,
             actor.peer.pid.to_string(),
-            actor.comm.to_string(),
+            actor.comm,
         ),
-        None => ("-".into(), "-".into(), "-".into(), "overcommitd".into()),
+        None => ("-".into(), "-", "-".into(), "overcommitd"),
     };
     let lease = audit.lease.unwrap_or("-");
     let reason = audit.reason.unwrap_or("");
@@ -70,9 +70,9 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
         target: AUDIT,
         op = audit.op,
         uid = uid.as_str(),
-        user = user.as_str(),
+        user = user,
         pid = pid.as_str(),
-        comm = comm.as_str(),
+        comm = comm,
         lease = lease,
         reason = reason,
         before = before.as_str(),
@@ -80,8 +80,8 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
         leases = leases;
         "audit: op={} uid={uid} user=\"{}\" pid={pid} comm=\"{}\" lease={} reason=\"{}\" before=\"{before}\" after=\"{after}\" leases={leases}",
         escape(audit.op),
-        escape(&user),
-        escape(&comm),
+        escape(user),
+        escape(comm),
         escape(lease),
         escape(reason),
     );

@@ -7,19 +7,19 @@
 //! `effective(baseline, live leases)`, or, while that policy would lock the node out (the
 //! lockout guard), the last safe policy, re-evaluated with backoff.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
 
 use crate::auth::{Authorizer, Denial, LeaseAsk, Peer};
-use crate::change;
+use crate::change::{self, POLICY_KNOBS};
 use crate::config::{Config, ConfigError, DriftAction};
-use crate::journal::JOURNAL_VERSION;
-use crate::journal::{AdminBaseline, JournalChange, JournalError, JournalStore, State};
+use crate::journal::{AdminBaseline, JournalChange, JournalError, JournalStore, Snapshot};
 use crate::kernel::{Kernel, KernelError};
 use crate::lease::{effective_policy, new_lease_id, Holder, Lease};
-use crate::model::{LimitError, LockoutRisk, Mode, Node, Policy, Tunables};
+use crate::model::{Knob, Limit, LimitError, LockoutRisk, Mode, Node, Policy, Tunables};
 use crate::protocol::{
     is_clean_text, BaselineChanged, BaselineInfo, DaemonStatus, DriftEvent, ErrorCode, GuardHold,
     KernelPolicy, LeaseGranted, LeaseInfo, LeaseList, LeaseRequest, PendingWrite, PolicyRequest,
@@ -128,8 +128,8 @@ enum Source {
 
 /// The resolved baseline.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Baseline {
-    name: String,
+struct Baseline<'a> {
+    name: &'a str,
     policy: Policy,
     swappiness: Option<u64>,
     source: Source,
@@ -177,6 +177,98 @@ pub struct Actor<'a> {
     pub peer: &'a Peer,
     /// The peer's command name, escaped by the audit record.
     pub comm: &'a str,
+    /// The peer's user name (or uid), looked up once per connection.
+    pub user: &'a str,
+}
+
+/// The live leases' policies, summed up so that the effective policy and what a decision must
+/// read are found without a walk over the lease table: counts per mode, and within mode never
+/// the ratios and kbytes in order (the largest of each is the most permissive of its kind).
+#[derive(Debug, Default)]
+struct LeaseSummary {
+    always: usize,
+    heuristic: usize,
+    never_ratios: BTreeMap<u32, usize>,
+    never_kbytes: BTreeMap<u64, usize>,
+    /// Live leases per owner uid, for `max_leases`.
+    per_uid: HashMap<u32, usize>,
+}
+
+impl LeaseSummary {
+    fn add(&mut self, lease: &Lease) {
+        match (lease.policy.mode, lease.policy.limit) {
+            (Mode::Always, _) => self.always += 1,
+            (Mode::Heuristic, _) => self.heuristic += 1,
+            (Mode::Never, Limit::Ratio(r)) => *self.never_ratios.entry(r).or_default() += 1,
+            (Mode::Never, Limit::Kbytes(k)) => *self.never_kbytes.entry(k).or_default() += 1,
+        }
+        *self.per_uid.entry(lease.owner_uid).or_default() += 1;
+    }
+
+    fn remove(&mut self, lease: &Lease) {
+        fn decrement<K: Ord>(map: &mut BTreeMap<K, usize>, key: K) {
+            if let Some(count) = map.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        match (lease.policy.mode, lease.policy.limit) {
+            (Mode::Always, _) => self.always -= 1,
+            (Mode::Heuristic, _) => self.heuristic -= 1,
+            (Mode::Never, Limit::Ratio(r)) => decrement(&mut self.never_ratios, r),
+            (Mode::Never, Limit::Kbytes(k)) => decrement(&mut self.never_kbytes, k),
+        }
+        if let Some(count) = self.per_uid.get_mut(&lease.owner_uid) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_uid.remove(&lease.owner_uid);
+            }
+        }
+    }
+
+    /// One policy per kind of lease present: the effective policy of these is the effective
+    /// policy of all (the limit of an always or heuristic lease does not count).
+    fn candidates(&self) -> impl Iterator<Item = Policy> {
+        let any = Limit::Ratio(0);
+        [
+            (self.always > 0).then_some(Policy {
+                mode: Mode::Always,
+                limit: any,
+            }),
+            (self.heuristic > 0).then_some(Policy {
+                mode: Mode::Heuristic,
+                limit: any,
+            }),
+            self.never_ratios.last_key_value().map(|(&r, _)| Policy {
+                mode: Mode::Never,
+                limit: Limit::Ratio(r),
+            }),
+            self.never_kbytes.last_key_value().map(|(&k, _)| Policy {
+                mode: Mode::Never,
+                limit: Limit::Kbytes(k),
+            }),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Whether a lease of a mode more permissive than never is live.
+    fn beyond_never(&self) -> bool {
+        self.always > 0 || self.heuristic > 0
+    }
+}
+
+/// What one decision has read of the kernel: the node to decide on, and which of its parts
+/// were read now (the rest is from the last read).
+#[derive(Debug, Clone)]
+struct Reading {
+    node: Node,
+    /// Memory figures and reserves (needed only while mode never is in play).
+    memory: bool,
+    /// Swappiness (needed only while the baseline sets one).
+    swappiness: bool,
 }
 
 /// The engine over a kernel `K` and a journal `J`.
@@ -193,6 +285,7 @@ pub struct Engine<K: Kernel, J: JournalStore> {
     leases: BTreeMap<String, Lease>,
     /// Lease deadlines in order, for the next timer without a scan.
     expiries: BTreeSet<(Duration, String)>,
+    summary: LeaseSummary,
     /// What the engine last decided the kernel must hold.
     in_force: Policy,
     /// The last policy the kernel was seen or made to hold while it was safe (or forced).
@@ -250,6 +343,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             admin_baseline: None,
             leases: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            summary: LeaseSummary::default(),
             in_force: options.boot,
             confirmed: None,
             pending: None,
@@ -267,7 +361,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         match state {
             Some(state) if state.boot_id == engine.boot_id => {
                 engine.admin_baseline = state.admin_baseline;
-                for lease in state.leases {
+                for mut lease in state.leases {
                     if lease.expires <= now {
                         info!(
                             "lease {} ended while the daemon was down: its TTL passed",
@@ -291,14 +385,20 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                         "lease {} re-adopted (owner uid {}, {})",
                         lease.id, lease.owner_uid, lease.policy
                     );
+                    if lease.owner.is_empty() {
+                        lease.owner = audit::user_name(lease.owner_uid);
+                    }
                     engine.insert(lease);
                 }
             }
             Some(_) => info!("the journal is from another boot: starting from the baseline"),
             None => {}
         }
+        if let Ok(node) = engine.kernel.node() {
+            engine.last_node = Some(node);
+        }
         engine.schedule_drift_check(now);
-        let _ = engine.persist(JournalChange::Whole);
+        let _ = engine.persist(None);
         match engine.converge(now) {
             Ok((before, after)) => engine.audit(&Audit::system("start"), &before, &after),
             Err(e) => debug!("start: {e}"),
@@ -308,12 +408,16 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
 
     fn insert(&mut self, lease: Lease) {
         self.expiries.insert((lease.expires, lease.id.clone()));
-        self.leases.insert(lease.id.clone(), lease);
+        self.summary.add(&lease);
+        if let Some(old) = self.leases.insert(lease.id.clone(), lease) {
+            self.summary.remove(&old);
+        }
     }
 
     fn remove(&mut self, id: &str) -> Option<Lease> {
         let lease = self.leases.remove(id)?;
         self.expiries.remove(&(lease.expires, lease.id.clone()));
+        self.summary.remove(&lease);
         Some(lease)
     }
 
@@ -342,10 +446,10 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         std::mem::take(&mut self.ended)
     }
 
-    fn baseline(&self) -> Baseline {
+    fn baseline(&self) -> Baseline<'_> {
         if let Some(admin) = &self.admin_baseline {
             return Baseline {
-                name: admin.name.clone(),
+                name: &admin.name,
                 policy: admin.policy,
                 swappiness: admin.swappiness,
                 source: Source::Admin,
@@ -354,14 +458,14 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         }
         match self.config.baseline_profile() {
             Some(profile) => Baseline {
-                name: profile.name.clone(),
+                name: &profile.name,
                 policy: profile.policy(self.boot.limit),
                 swappiness: profile.swappiness,
                 source: Source::Config,
                 forced: false,
             },
             None => Baseline {
-                name: "boot".into(),
+                name: "boot",
                 policy: self.boot,
                 swappiness: None,
                 source: Source::Boot,
@@ -373,7 +477,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     fn baseline_info(&self) -> BaselineInfo {
         let b = self.baseline();
         BaselineInfo {
-            name: b.name,
+            name: b.name.to_string(),
             policy: b.policy,
             swappiness: b.swappiness,
             source: match b.source {
@@ -412,21 +516,63 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 
     fn effective_on(&self, node: &Node) -> Policy {
-        effective_policy(
-            node,
-            &self.baseline().policy,
-            self.leases.values().map(|l| &l.policy),
-        )
+        let candidates: Vec<Policy> = self.summary.candidates().collect();
+        effective_policy(node, &self.baseline().policy, &candidates)
+    }
+
+    /// Whether the effective policy is a mode-never one: only then do the memory figures
+    /// matter (the lockout guard, and the order among never policies). Any other mode of the
+    /// baseline or of a lease is more permissive than never.
+    fn never_in_play(&self) -> bool {
+        self.baseline().policy.mode == Mode::Never && !self.summary.beyond_never()
+    }
+
+    /// Reads what a decision needs, on top of what `prior` (this decision's earlier read)
+    /// has: the policy knobs, swappiness while the baseline sets one, the memory figures and
+    /// reserves while mode never is in play. The rest of the node is the last one read.
+    fn read_kernel(&mut self, prior: Option<Reading>) -> Result<Reading, KernelError> {
+        let mut reading = match prior {
+            Some(reading) => reading,
+            None => {
+                let mut node = self.ordering_node();
+                self.kernel.read_knobs(&POLICY_KNOBS, &mut node.tunables)?;
+                Reading {
+                    node,
+                    memory: false,
+                    swappiness: false,
+                }
+            }
+        };
+        if !reading.swappiness && self.baseline().swappiness.is_some() {
+            self.kernel
+                .read_knobs(&[Knob::Swappiness], &mut reading.node.tunables)?;
+            reading.swappiness = true;
+        }
+        if !reading.memory && self.never_in_play() {
+            self.kernel.read_knobs(
+                &[Knob::AdminReserveKbytes, Knob::UserReserveKbytes],
+                &mut reading.node.tunables,
+            )?;
+            reading.node.memory = self.kernel.read_memory()?;
+            reading.memory = true;
+        }
+        self.last_node = Some(reading.node.clone());
+        Ok(reading)
     }
 
     /// What the kernel must hold on `node`: the effective policy, unless the lockout guard
     /// finds it would make every new allocation fail; then the last safe policy (or mode
     /// heuristic), held and looked at again with backoff.
     fn desired(&mut self, node: &Node, now: Duration) -> (Policy, Option<u64>) {
-        let baseline = self.baseline();
+        let Baseline {
+            policy: baseline_policy,
+            swappiness,
+            forced,
+            ..
+        } = self.baseline();
         let target = self.effective_on(node);
         let margin = self.config.daemon.lockout_margin;
-        let forced = baseline.forced && target == baseline.policy;
+        let forced = forced && target == baseline_policy;
         let risk = if forced {
             None
         } else {
@@ -439,7 +585,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                     target, hold.holding
                 );
             }
-            return (target, baseline.swappiness);
+            return (target, swappiness);
         };
         let holding = self
             .confirmed
@@ -460,7 +606,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                 error!(
                     target: audit::CRITICAL,
                     "lockout guard: the policy due now, {target} (baseline {}), would make every new allocation on the node fail ({risk}); holding {holding} and looking again with backoff",
-                    baseline.name
+                    self.baseline().name
                 );
                 self.hold = Some(Hold {
                     wanted: target,
@@ -472,14 +618,23 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                 });
             }
         }
-        (holding, baseline.swappiness)
+        (holding, swappiness)
     }
 
     /// Makes the kernel hold what [`Engine::desired`] says. On failure the write is retried
     /// with backoff until it holds (one log line per episode). Returns the tunables before
     /// and after.
     fn converge(&mut self, now: Duration) -> Result<(Tunables, Tunables), DaemonError> {
-        match self.try_converge(now) {
+        self.converge_from(None, now)
+    }
+
+    /// [`Engine::converge`] on top of what this decision has read already.
+    fn converge_from(
+        &mut self,
+        prior: Option<Reading>,
+        now: Duration,
+    ) -> Result<(Tunables, Tunables), DaemonError> {
+        match self.try_converge(prior, now) {
             Ok(pair) => {
                 if let Some(p) = self.pending.take() {
                     info!(
@@ -497,9 +652,13 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         }
     }
 
-    fn try_converge(&mut self, now: Duration) -> Result<(Tunables, Tunables), DaemonError> {
-        let node = match self.kernel.node() {
-            Ok(node) => node,
+    fn try_converge(
+        &mut self,
+        prior: Option<Reading>,
+        now: Duration,
+    ) -> Result<(Tunables, Tunables), DaemonError> {
+        let node = match self.read_kernel(prior) {
+            Ok(reading) => reading.node,
             Err(e) => {
                 // Keep the target current for `status`, from the last node seen.
                 let node = self.ordering_node();
@@ -507,7 +666,6 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                 return Err(e.into());
             }
         };
-        self.last_node = Some(node.clone());
         let (policy, swappiness) = self.desired(&node, now);
         self.in_force = policy;
         let kernel = node.tunables;
@@ -517,11 +675,16 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             self.confirmed = Some(policy);
             return Ok((kernel, kernel));
         }
-        let pair = change::write_policy(&self.kernel, &policy, swappiness)?;
+        let after = change::write_policy_over(&self.kernel, &kernel, &policy, swappiness)?;
+        if let Some(last) = &mut self.last_node {
+            last.tunables = after;
+        }
         self.confirmed = Some(policy);
         // systemctl status shows the policy in force.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status_line())]);
-        Ok(pair)
+        if under_systemd() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status_line())]);
+        }
+        Ok((kernel, after))
     }
 
     fn note_failure(&mut self, e: &DaemonError, now: Duration) {
@@ -562,17 +725,25 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             (attempts > 0).then(|| now.saturating_add(backoff(FIRST_RETRY, MAX_RETRY, attempts)));
     }
 
-    /// Saves the state; a failure is remembered (shown by `status`, logged once) and the save
-    /// retried with the kernel writes.
-    fn persist(&mut self, change: JournalChange<'_>) -> Result<(), JournalError> {
-        let state = State {
-            version: JOURNAL_VERSION,
-            boot_id: self.boot_id.clone(),
-            admin_baseline: self.admin_baseline.clone(),
-            leases: self.leases.values().cloned().collect(),
-            effective: self.in_force,
+    /// Saves `change` (one record), or, with `None`, after a failed save, or when the journal
+    /// asks for it, the whole state (a snapshot). A failure is remembered (shown by `status`,
+    /// logged once) and a snapshot retried with the kernel writes.
+    fn persist(&mut self, change: Option<JournalChange<'_>>) -> Result<(), JournalError> {
+        let result = match change {
+            Some(change) if self.journal_error.is_none() && !self.journal.needs_snapshot() => {
+                self.journal.record(&change)
+            }
+            _ => {
+                let snapshot = Snapshot {
+                    boot_id: &self.boot_id,
+                    admin_baseline: self.admin_baseline.as_ref(),
+                    leases: self.leases.values().collect(),
+                    effective: self.in_force,
+                };
+                self.journal.snapshot(&snapshot)
+            }
         };
-        match self.journal.save(&state, change) {
+        match result {
             Ok(()) => {
                 if self.journal_error.take().is_some() {
                     info!("journal {} saved again", self.journal.describe());
@@ -586,6 +757,22 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                 self.journal_error = Some(e.to_string());
                 Err(e)
             }
+        }
+    }
+
+    /// The journal record of the baseline set at run time, as it is now.
+    fn baseline_change(&self) -> JournalChange<'static> {
+        JournalChange::Baseline(self.admin_baseline.clone().map(Cow::Owned))
+    }
+
+    /// Compacts the journal when its records have outgrown its snapshot: after the replies,
+    /// off the requests' path.
+    pub fn compact_journal(&mut self, now: Duration) {
+        if self.journal_error.is_none()
+            && self.journal.wants_compaction()
+            && self.persist(None).is_err()
+        {
+            self.schedule_retry(now);
         }
     }
 
@@ -628,11 +815,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             Some(secs) => Some(Duration::from_secs(secs)),
             None => None,
         };
-        let live = self
-            .leases
-            .values()
-            .filter(|l| l.owner_uid == peer.uid)
-            .count();
+        let live = self.summary.per_uid.get(&peer.uid).copied().unwrap_or(0);
         let ask = LeaseAsk {
             mode: request.policy.mode,
             limit,
@@ -658,12 +841,13 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         holder: Option<Holder>,
         now: Duration,
     ) -> Result<LeaseGranted, DaemonError> {
-        self.check_drift(now);
+        let reading = self.check_drift(now);
         let id = new_lease_id().map_err(DaemonError::Random)?;
         let granted_at = unix_now();
         let lease = Lease {
             id: id.clone(),
             owner_uid: actor.peer.uid,
+            owner: actor.user.to_string(),
             requester_pid: actor.peer.pid,
             requester_comm: actor.comm.to_string(),
             policy: ask.policy,
@@ -677,12 +861,12 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         let info = lease_info(&lease);
         self.insert(lease.clone());
         let journal_before = self.journal_error.clone();
-        if let Err(e) = self.persist(JournalChange::Granted(&lease)) {
+        if let Err(e) = self.persist(Some(JournalChange::Granted(Cow::Borrowed(&lease)))) {
             self.remove(&id);
             self.journal_error = journal_before;
             return Err(e.into());
         }
-        match self.converge(now) {
+        match self.converge_from(reading, now) {
             Ok((before, after)) => {
                 let record = Audit {
                     op: "lease",
@@ -698,7 +882,8 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             }
             Err(e) => {
                 self.remove(&id);
-                self.undo(JournalChange::Ended(std::slice::from_ref(&id)), now);
+                let ended = [id];
+                self.undo(JournalChange::Ended(Cow::Borrowed(&ended)), now);
                 Err(e)
             }
         }
@@ -707,7 +892,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     /// After a refused change: journal and kernel back to the state without it (retried
     /// until they hold if that fails too).
     fn undo(&mut self, change: JournalChange<'_>, now: Duration) {
-        let _ = self.persist(change);
+        let _ = self.persist(Some(change));
         if let Err(e) = self.converge(now) {
             debug!("undo: {e}");
         }
@@ -753,7 +938,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             }
             (None, None) => return Err(DaemonError::ReleaseWhat),
         };
-        self.check_drift(now);
+        let reading = self.check_drift(now);
         let joined = ids.join(",");
         let record = Audit {
             op: "release",
@@ -761,7 +946,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             lease: Some(&joined),
             reason: None,
         };
-        self.end(&ids, &record, now);
+        self.end(&ids, &record, reading, now);
         Ok(Released {
             released: ids,
             effective: self.effective(),
@@ -771,7 +956,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
 
     /// Ends leases: they are gone from the table at once, whatever happens to the writes,
     /// which are retried until the kernel holds the policy without them.
-    fn end(&mut self, ids: &[String], record: &Audit<'_>, now: Duration) {
+    fn end(&mut self, ids: &[String], record: &Audit<'_>, prior: Option<Reading>, now: Duration) {
         let ended: Vec<String> = ids
             .iter()
             .filter(|id| self.remove(id).is_some())
@@ -780,9 +965,9 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         if ended.is_empty() {
             return;
         }
-        let _ = self.persist(JournalChange::Ended(&ended));
+        let _ = self.persist(Some(JournalChange::Ended(Cow::Borrowed(&ended))));
         self.ended.extend(ended);
-        if let Ok((before, after)) = self.converge(now) {
+        if let Ok((before, after)) = self.converge_from(prior, now) {
             self.audit(record, &before, &after);
         }
     }
@@ -792,7 +977,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         if self.leases.contains_key(id) {
             info!("lease {id}: its holder exited");
             let ids = [id.to_string()];
-            self.end(&ids, &Audit::lease_end("holder-exit", id), now);
+            self.end(&ids, &Audit::lease_end("holder-exit", id), None, now);
         }
     }
 
@@ -865,14 +1050,14 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             if follows_config { None } else { Some(new) },
         );
         let journal_before = self.journal_error.clone();
-        if let Err(e) = self.persist(JournalChange::Baseline) {
+        if let Err(e) = self.persist(Some(self.baseline_change())) {
             self.admin_baseline = previous;
             self.journal_error = journal_before;
             return Err(e.into());
         }
         match self.converge(now) {
             Ok((before, after)) => {
-                let name = self.baseline().name;
+                let name = self.baseline().name.to_string();
                 let record = Audit {
                     op,
                     actor: Some(actor),
@@ -889,31 +1074,33 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             }
             Err(e) => {
                 self.admin_baseline = previous;
-                self.undo(JournalChange::Baseline, now);
+                self.undo(self.baseline_change(), now);
                 Err(e)
             }
         }
     }
 
     /// Notices a change made behind the daemon's back and enforces, adopts or reports it.
-    /// Returns the kernel's tunables when they were read and are as expected. A kernel that
-    /// differs while a write of ours is pending is our own unfinished business, not drift: the
-    /// retry handles it, and `adopt` never adopts what a failed write left.
-    pub fn check_drift(&mut self, now: Duration) -> Option<Tunables> {
+    /// Returns what it read when the kernel is as it was (as expected, or drift only warned
+    /// about), for the decision that follows to build on. A kernel that differs while a write
+    /// of ours is pending is our own unfinished business, not drift: the retry handles it, and
+    /// `adopt` never adopts what a failed write left.
+    fn check_drift(&mut self, now: Duration) -> Option<Reading> {
         if self.pending.is_some() {
             return None;
         }
-        let kernel = match self.kernel.read_tunables() {
-            Ok(kernel) => kernel,
+        let reading = match self.read_kernel(None) {
+            Ok(reading) => reading,
             Err(e) => {
                 debug!("drift check: {e}");
                 return None;
             }
         };
+        let kernel = reading.node.tunables;
         let expected = kernel.with_policy(&self.in_force);
         if kernel == expected {
             self.warned_drift = None;
-            return Some(kernel);
+            return Some(reading);
         }
         let found = KernelPolicy::from(&kernel);
         let wanted = KernelPolicy::from(&expected);
@@ -928,7 +1115,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                     Err(_) => "enforce_failed",
                 }
             }
-            DriftAction::Warn if self.warned_drift == Some(found) => return None,
+            DriftAction::Warn if self.warned_drift == Some(found) => return Some(reading),
             DriftAction::Warn => {
                 warn!("drift: the kernel holds {found}, expected {wanted} (drift = \"warn\": left as is)");
                 self.warned_drift = Some(found);
@@ -943,13 +1130,13 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                         swappiness: None,
                         forced: false,
                     });
-                    let _ = self.persist(JournalChange::Baseline);
+                    let _ = self.persist(Some(self.baseline_change()));
                     if let Ok((before, after)) = self.converge(now) {
                         self.audit(&Audit::system("drift-adopt"), &before, &after);
                     }
                     "adopted"
                 }
-                Err(_) if self.warned_drift == Some(found) => return None,
+                Err(_) if self.warned_drift == Some(found) => return Some(reading),
                 Err(e) => {
                     warn!("drift: the kernel holds {found}, which cannot be adopted ({e}); left as is");
                     self.warned_drift = Some(found);
@@ -964,7 +1151,8 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             action: action.into(),
             at: unix_now(),
         });
-        None
+        // Warned or ignored: the kernel is as read. Enforced or adopted: read it again.
+        matches!(action, "warned" | "ignored").then_some(reading)
     }
 
     /// The next time [`Engine::on_time`] must run (CLOCK_BOOTTIME).
@@ -991,12 +1179,12 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             .collect();
         if !expired.is_empty() {
             let joined = expired.join(",");
-            self.end(&expired, &Audit::lease_end("expire", &joined), now);
+            self.end(&expired, &Audit::lease_end("expire", &joined), None, now);
         }
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
             if self.journal_error.is_some() {
-                let _ = self.persist(JournalChange::Whole);
+                let _ = self.persist(None);
             }
             match self.converge(now) {
                 Ok((before, after)) if before != after => {
@@ -1025,7 +1213,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         self.authorizer = authorizer;
         self.schedule_drift_check(now);
         info!("configuration reloaded from {}", self.config.path.display());
-        let _ = self.persist(JournalChange::Baseline);
+        let _ = self.persist(Some(self.baseline_change()));
         if let Ok((before, after)) = self.converge(now) {
             self.audit(&Audit::system("reload"), &before, &after);
         }
@@ -1038,7 +1226,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             self.remove(id);
         }
         let joined = ids.join(",");
-        let _ = self.persist(JournalChange::Ended(&ids));
+        let _ = self.persist(None);
         let record = Audit::lease_end("stop", if ids.is_empty() { "-" } else { &joined });
         match self.converge(now) {
             Ok((before, after)) => self.audit(&record, &before, &after),
@@ -1062,8 +1250,12 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     /// The daemon's view, for `status`; the daemon looks for drift first.
     pub fn status(&mut self, now: Duration, clients: usize) -> Result<DaemonStatus, DaemonError> {
         let kernel = match self.check_drift(now) {
-            Some(kernel) => kernel,
-            None => self.kernel.read_tunables()?,
+            Some(reading) => reading.node.tunables,
+            None => {
+                let mut tunables = self.ordering_node().tunables;
+                self.kernel.read_knobs(&POLICY_KNOBS, &mut tunables)?;
+                tunables
+            }
         };
         Ok(DaemonStatus {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -1105,7 +1297,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
 
     pub fn profiles(&self) -> ProfileList {
         ProfileList {
-            baseline: Some(self.baseline().name),
+            baseline: Some(self.baseline().name.to_string()),
             profiles: self
                 .config
                 .profiles
@@ -1133,11 +1325,17 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 }
 
+/// Whether systemd listens for status updates (NOTIFY_SOCKET, looked at once).
+fn under_systemd() -> bool {
+    static NOTIFY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NOTIFY.get_or_init(|| std::env::var_os("NOTIFY_SOCKET").is_some())
+}
+
 fn lease_info(lease: &Lease) -> LeaseInfo {
     LeaseInfo {
         id: lease.id.clone(),
         owner_uid: lease.owner_uid,
-        owner: audit::user_name(lease.owner_uid),
+        owner: lease.owner.clone(),
         requester_pid: lease.requester_pid,
         requester_comm: lease.requester_comm.clone(),
         policy: lease.policy,

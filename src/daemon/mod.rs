@@ -25,7 +25,7 @@ use crate::auth::Authorizer;
 use crate::cli::DaemonCli;
 use crate::config::{Config, ConfigError};
 use crate::journal::{Journal, JournalError};
-use crate::kernel::ProcRoot;
+use crate::kernel::{ProcFiles, ProcRoot};
 use crate::lease::new_lease_id;
 use crate::logging;
 use crate::model::{Knob, Limit, Mode, Policy};
@@ -227,7 +227,8 @@ fn serve(cli: &DaemonCli) -> Result<(), StartError> {
         boot,
         boot_id: peer::boot_id(),
     };
-    let (engine, watches) = Engine::start(proc_root, journal, options, now, peer::reopen_holder);
+    let kernel = ProcFiles::open(proc_root);
+    let (engine, watches) = Engine::start(kernel, journal, options, now, peer::reopen_holder);
     let connections = sources::Connections::new(max_clients);
     let mut server = Server::new(engine, connections.clone());
     let mut event_loop = event_loop::EventLoop::new()?;

@@ -12,7 +12,7 @@ use log::warn;
 use crate::auth::{Authorizer, Peer};
 use crate::config::Config;
 use crate::journal::{AdminBaseline, Journal};
-use crate::kernel::ProcRoot;
+use crate::kernel::ProcFiles;
 use crate::protocol::{ErrorCode, Reply, Request};
 
 use super::engine::{Actor, DaemonError, Engine};
@@ -23,13 +23,33 @@ use super::sources::{Connections, HolderWatch};
 /// The connection a request came in on.
 pub struct ClientInfo<'a> {
     pub peer: &'a Peer,
-    /// The peer's command name (looked up once per connection, when first needed).
-    pub comm: &'a mut dyn FnMut() -> String,
+    pub names: &'a mut PeerNames,
     pub socket: BorrowedFd<'a>,
 }
 
+/// The peer's command and user names, for audit records and leases: looked up once per
+/// connection, when a change first needs them.
+#[derive(Debug, Default)]
+pub struct PeerNames {
+    comm: Option<String>,
+    user: Option<String>,
+}
+
+impl PeerNames {
+    /// Who the peer is, for a change it asks for.
+    pub fn actor<'a>(&'a mut self, peer: &'a Peer) -> Actor<'a> {
+        let comm = self
+            .comm
+            .get_or_insert_with(|| crate::kernel::process_comm(peer.pid));
+        let user = self
+            .user
+            .get_or_insert_with(|| super::audit::user_name(peer.uid));
+        Actor { peer, comm, user }
+    }
+}
+
 pub struct Server {
-    pub engine: Engine<ProcRoot, Journal>,
+    pub engine: Engine<ProcFiles, Journal>,
     connections: Rc<RefCell<Connections>>,
     /// The holder watch of each lease that has one.
     watches: HashMap<String, Token>,
@@ -37,7 +57,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(engine: Engine<ProcRoot, Journal>, connections: Rc<RefCell<Connections>>) -> Self {
+    pub fn new(engine: Engine<ProcFiles, Journal>, connections: Rc<RefCell<Connections>>) -> Self {
         Server {
             engine,
             connections,
@@ -91,8 +111,7 @@ impl Server {
             Request::Leases => Ok(Reply::success(&engine.leases())),
             Request::Profiles => Ok(Reply::success(&engine.profiles())),
             Request::Release { id, tag } => {
-                let comm = (client.comm)();
-                let actor = Actor { peer, comm: &comm };
+                let actor = client.names.actor(peer);
                 engine
                     .release(actor, id, tag, now)
                     .map(|r| Reply::success(&r))
@@ -110,7 +129,7 @@ impl Server {
     }
 
     fn change_baseline(
-        engine: &mut Engine<ProcRoot, Journal>,
+        engine: &mut Engine<ProcFiles, Journal>,
         client: ClientInfo<'_>,
         new: Result<AdminBaseline, DaemonError>,
         force: bool,
@@ -118,11 +137,7 @@ impl Server {
         now: Duration,
     ) -> Result<Reply, DaemonError> {
         let new = new?;
-        let comm = (client.comm)();
-        let actor = Actor {
-            peer: client.peer,
-            comm: &comm,
-        };
+        let actor = client.names.actor(client.peer);
         engine
             .change_baseline(actor, new, force, op, now)
             .map(|c| Reply::success(&c))
@@ -143,11 +158,7 @@ impl Server {
         } else {
             (None, None)
         };
-        let comm = (client.comm)();
-        let actor = Actor {
-            peer: client.peer,
-            comm: &comm,
-        };
+        let actor = client.names.actor(client.peer);
         let granted = engine.grant(actor, ask, holder, now)?;
         if let Some(pidfd) = pidfd {
             let lease = granted.lease.id.clone();
@@ -205,8 +216,10 @@ impl Service for Server {
         }
     }
 
-    /// Drops the watches of leases that ended otherwise (TTL, release): nothing left to watch.
+    /// Drops the watches of leases that ended otherwise (TTL, release): nothing left to watch;
+    /// compacts the journal when it is due, after the round's replies have gone.
     fn after_round(cx: &mut Context<'_, Self>) {
+        cx.service.engine.compact_journal(cx.now);
         for id in cx.service.engine.take_ended() {
             if let Some(token) = cx.service.watches.remove(&id) {
                 cx.remove(token);

@@ -20,7 +20,7 @@ use crate::protocol::{parse_request, ErrorCode, Reply, MAX_REQUEST_LINE};
 
 use super::event_loop::{Context, Keep, Source};
 use super::peer;
-use super::server::{ClientInfo, Server};
+use super::server::{ClientInfo, PeerNames, Server};
 
 /// Connections one uid may hold open at once (root is exempt).
 pub const MAX_CLIENTS_PER_UID: usize = 64;
@@ -234,8 +234,7 @@ pub struct Client {
     stream: UnixStream,
     peer: Peer,
     _permit: Permit,
-    /// The peer's command name, looked up once, when a change first needs it.
-    comm: Option<String>,
+    names: PeerNames,
     input: Vec<u8>,
     output: Vec<u8>,
     written: usize,
@@ -274,7 +273,7 @@ impl Client {
                 stream,
                 peer,
                 _permit: permit,
-                comm: None,
+                names: PeerNames::default(),
                 input: Vec::new(),
                 output: Vec::new(),
                 written: 0,
@@ -336,14 +335,9 @@ impl Client {
             self.last_active = cx.now;
             let reply = match parse_request(line) {
                 Ok(request) => {
-                    let comm = &mut self.comm;
-                    let peer = &self.peer;
                     let info = ClientInfo {
-                        peer,
-                        comm: &mut || {
-                            comm.get_or_insert_with(|| crate::kernel::process_comm(peer.pid))
-                                .clone()
-                        },
+                        peer: &self.peer,
+                        names: &mut self.names,
                         socket: self.stream.as_fd(),
                     };
                     Server::handle(cx, info, request)

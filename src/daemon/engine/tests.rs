@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::change::testing::FakeKernel;
+use crate::journal::State;
 use crate::model::{Knob, Limit};
 
 /// A journal in memory whose saves can be made to fail.
@@ -13,8 +14,28 @@ use crate::model::{Knob, Limit};
 struct FakeJournal {
     saved: Rc<RefCell<Option<State>>>,
     fail_saves: Rc<Cell<u32>>,
+    /// A save failed: the next one must be a snapshot.
+    snapshot_due: Rc<Cell<bool>>,
+    /// Records since the last snapshot, and snapshots in all.
+    records: Rc<Cell<u32>>,
+    snapshots: Rc<Cell<u64>>,
     corrupt: Rc<Cell<bool>>,
     set_aside: Rc<Cell<u32>>,
+}
+
+impl FakeJournal {
+    fn fail(&self) -> Result<(), JournalError> {
+        let left = self.fail_saves.get();
+        if left > 0 {
+            self.fail_saves.set(left - 1);
+            self.snapshot_due.set(true);
+            return Err(JournalError::Io {
+                path: "/fake".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl JournalStore for FakeJournal {
@@ -28,23 +49,47 @@ impl JournalStore for FakeJournal {
         Ok(self.saved.borrow().clone())
     }
 
-    fn save(&mut self, state: &State, _change: JournalChange<'_>) -> Result<(), JournalError> {
-        let left = self.fail_saves.get();
-        if left > 0 {
-            self.fail_saves.set(left - 1);
-            return Err(JournalError::Io {
-                path: "/fake".into(),
-                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
-            });
-        }
-        *self.saved.borrow_mut() = Some(state.clone());
+    /// Applies the change to the saved state, as replaying the record would.
+    fn record(&mut self, change: &JournalChange<'_>) -> Result<(), JournalError> {
+        self.fail()?;
+        self.records.set(self.records.get() + 1);
+        self.saved
+            .borrow_mut()
+            .as_mut()
+            .expect("a snapshot before any record")
+            .apply(change);
         Ok(())
+    }
+
+    fn snapshot(&mut self, state: &Snapshot<'_>) -> Result<(), JournalError> {
+        self.fail()?;
+        self.snapshot_due.set(false);
+        self.records.set(0);
+        self.snapshots.set(self.snapshots.get() + 1);
+        *self.saved.borrow_mut() = Some(State {
+            version: crate::journal::JOURNAL_VERSION,
+            generation: self.snapshots.get(),
+            boot_id: state.boot_id.to_string(),
+            admin_baseline: state.admin_baseline.cloned(),
+            leases: state.leases.iter().map(|&l| l.clone()).collect(),
+            effective: state.effective,
+        });
+        Ok(())
+    }
+
+    fn needs_snapshot(&self) -> bool {
+        self.saved.borrow().is_none() || self.snapshot_due.get()
+    }
+
+    fn wants_compaction(&self) -> bool {
+        self.records.get() >= 5
     }
 
     fn set_aside(&mut self, _why: &str) -> Result<String, JournalError> {
         self.corrupt.set(false);
         self.set_aside.set(self.set_aside.get() + 1);
         *self.saved.borrow_mut() = None;
+        self.snapshot_due.set(true);
         Ok("state.json.unusable".into())
     }
 
@@ -126,7 +171,11 @@ fn user() -> Peer {
 }
 
 fn actor(peer: &Peer) -> Actor<'_> {
-    Actor { peer, comm: "test" }
+    Actor {
+        peer,
+        comm: "test",
+        user: "tester",
+    }
 }
 
 fn policy(mode: Mode, limit: Limit) -> Policy {
@@ -514,4 +563,113 @@ fn an_emfile_during_a_write_is_retried() {
         .contains("Too many open files"));
     run_until(&mut engine, T0 + Duration::from_secs(2));
     assert_eq!(mode(&engine), Mode::Heuristic);
+}
+
+#[test]
+fn each_change_is_one_record_and_the_journal_is_compacted_after_the_replies() {
+    let journal = FakeJournal::default();
+    let mut engine = start_with(FakeKernel::new(), journal.clone(), CONFIG);
+    assert_eq!(journal.snapshots.get(), 1, "the state found at start");
+    let ids: Vec<String> = (0..4)
+        .map(|_| lease(&mut engine, &root(), Mode::Always, 3600, T0))
+        .collect();
+    engine
+        .release(actor(&root()), Some(ids[0].clone()), None, T0)
+        .unwrap();
+    assert_eq!(journal.records.get(), 5);
+    assert_eq!(
+        journal.snapshots.get(),
+        1,
+        "no rewrite of the whole per change"
+    );
+    // The records replayed over the snapshot give the live table.
+    let saved: Vec<String> = journal
+        .saved
+        .borrow()
+        .as_ref()
+        .unwrap()
+        .leases
+        .iter()
+        .map(|l| l.id.clone())
+        .collect();
+    let live: Vec<String> = engine
+        .leases()
+        .leases
+        .iter()
+        .map(|l| l.id.clone())
+        .collect();
+    assert_eq!(
+        saved.iter().collect::<std::collections::BTreeSet<_>>(),
+        live.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+    assert_eq!(live.len(), 3);
+    engine.compact_journal(T0);
+    assert_eq!(journal.snapshots.get(), 2);
+    assert_eq!(journal.records.get(), 0);
+    // After a failed save the next one is a snapshot: a record must not follow a lost one.
+    journal.fail_saves.set(1);
+    engine
+        .release(actor(&root()), Some(ids[1].clone()), None, T0)
+        .unwrap();
+    assert!(engine.status(T0, 0).unwrap().journal_error.is_some());
+    lease(&mut engine, &root(), Mode::Always, 3600, T0);
+    assert_eq!(journal.snapshots.get(), 3);
+    assert_eq!(journal.saved.borrow().as_ref().unwrap().leases.len(), 3);
+}
+
+#[test]
+fn a_decision_reads_the_kernel_once_and_memory_only_while_mode_never_is_in_play() {
+    let mut engine = start(CONFIG);
+    let kernel = engine.kernel();
+    let (reads, memory) = (kernel.reads.get(), kernel.memory_reads.get());
+    let id = lease(&mut engine, &root(), Mode::Always, 3600, T0);
+    let kernel = engine.kernel();
+    assert_eq!(
+        (
+            kernel.reads.get() - reads,
+            kernel.memory_reads.get() - memory
+        ),
+        (2, 0),
+        "the policy knobs before the write and read back after it"
+    );
+    engine.release(actor(&root()), Some(id), None, T0).unwrap();
+    let kernel = engine.kernel();
+    let (reads, memory) = (kernel.reads.get(), kernel.memory_reads.get());
+    let request = LeaseRequest {
+        policy: PolicyRequest {
+            mode: Mode::Never,
+            ratio: Some(90),
+            kbytes: None,
+        },
+        ..lease_request(Mode::Never, 60, None, None)
+    };
+    let writes = engine.kernel().writes.get();
+    let ask = engine.authorize(&root(), request.clone()).unwrap();
+    engine.grant(actor(&root()), ask, None, T0).unwrap();
+    let kernel = engine.kernel();
+    assert_eq!(
+        (
+            kernel.reads.get() - reads,
+            kernel.memory_reads.get() - memory
+        ),
+        (1, 0),
+        "any mode beats never: memory does not matter, and nothing is written"
+    );
+    assert_eq!(kernel.writes.get(), writes);
+    // On a mode-never baseline the guard reads meminfo, once per decision.
+    let mut engine = start(&CONFIG.replace("baseline = \"default\"", "baseline = \"strict\""));
+    let kernel = engine.kernel();
+    let (reads, memory) = (kernel.reads.get(), kernel.memory_reads.get());
+    let ask = engine.authorize(&root(), request.clone()).unwrap();
+    engine.grant(actor(&root()), ask, None, T0).unwrap();
+    let kernel = engine.kernel();
+    assert_eq!(
+        (
+            kernel.reads.get() - reads,
+            kernel.memory_reads.get() - memory
+        ),
+        (4, 1),
+        "knobs, reserves, meminfo, and the read-back of the write"
+    );
+    assert_eq!(kernel.tunables().overcommit_ratio, 90);
 }
