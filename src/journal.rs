@@ -37,7 +37,7 @@ use nix::sys::stat::Mode as FileMode;
 use nix::unistd::UnlinkatFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseId};
 use crate::model::Policy;
 
 const STATE_FILE: &str = "state.json";
@@ -149,7 +149,7 @@ pub fn parse_state(bytes: &[u8]) -> Result<State, serde_json::Error> {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum JournalChange<'a> {
     Granted(Cow<'a, Lease>),
-    Ended(Cow<'a, [String]>),
+    Ended(Cow<'a, [LeaseId]>),
     /// The baseline set at run time, or none (the configuration's again).
     Baseline(Option<Cow<'a, AdminBaseline>>),
 }
@@ -530,11 +530,6 @@ impl JournalStore for Journal {
             leases: &state.leases,
             effective: state.effective,
         };
-        let mut text = serde_json::to_vec(&file).map_err(|source| JournalError::Corrupt {
-            path: self.path.join(STATE_FILE),
-            source,
-        })?;
-        text.push(b'\n');
         // A fresh file every time: whatever sits at the temporary name (a stale file, a FIFO
         // that would block the open) is removed first, and O_EXCL makes sure it is ours.
         match nix::unistd::unlinkat(self.dir.as_fd(), TEMP_FILE, UnlinkatFlags::NoRemoveDir) {
@@ -554,17 +549,22 @@ impl JournalStore for Journal {
             FileMode::from_bits_truncate(0o600),
         )
         .map_err(|e| self.io(e.into()))?;
-        let mut file = std::fs::File::from(fd);
-        file.write_all(&text).map_err(|e| self.io(e))?;
-        file.sync_all().map_err(|e| self.io(e))?;
-        drop(file);
+        // Streamed through a small buffer: 10,000 leases make a snapshot of some MiB, which
+        // need not sit in memory whole.
+        let mut out = io::BufWriter::with_capacity(64 << 10, std::fs::File::from(fd));
+        serde_json::to_writer(&mut out, &file).map_err(|e| self.io(e.into()))?;
+        out.write_all(b"\n").map_err(|e| self.io(e))?;
+        let written = out.into_inner().map_err(|e| self.io(e.into_error()))?;
+        written.sync_all().map_err(|e| self.io(e))?;
+        let length = written.metadata().map_err(|e| self.io(e))?.len();
+        drop(written);
         renameat(self.dir.as_fd(), TEMP_FILE, self.dir.as_fd(), STATE_FILE)
             .map_err(|e| self.io(e.into()))?;
         nix::unistd::fsync(self.dir.as_fd()).map_err(|e| self.io(e.into()))?;
         // The snapshot holds everything: the records before it are now stale, and skipped on
         // load even if emptying the log fails here.
         self.generation = generation;
-        self.snapshot_bytes = text.len() as u64;
+        self.snapshot_bytes = length;
         self.needs_snapshot = true;
         self.reset_log()?;
         self.needs_snapshot = false;
@@ -620,7 +620,7 @@ mod tests {
 
     fn lease(n: u32) -> Lease {
         Lease {
-            id: format!("{n:032x}"),
+            id: format!("{n:032x}").parse().unwrap(),
             owner_uid: 1000 + n,
             owner: format!("user{n}"),
             requester_pid: 42,

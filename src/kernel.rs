@@ -222,15 +222,15 @@ fn write_value(file: &fs::File, path: &Path, value: u64) -> Result<(), KernelErr
     Ok(())
 }
 
-/// Parses the text of `knob` into its field of `tunables`.
+/// Parses the text of `knob` into its field of `tunables`; `path` names the file in an error.
 fn set_knob(
     tunables: &mut Tunables,
     knob: Knob,
     text: &str,
-    path: &Path,
+    path: impl Fn() -> PathBuf,
 ) -> Result<(), KernelError> {
     let error = |expected| KernelError::Parse {
-        path: path.to_path_buf(),
+        path: path(),
         expected,
         found: text.trim().to_string(),
     };
@@ -290,7 +290,7 @@ impl Kernel for ProcRoot {
     fn read_knobs(&self, knobs: &[Knob], into: &mut Tunables) -> Result<(), KernelError> {
         for &knob in knobs {
             let path = self.knob_path(knob);
-            set_knob(into, knob, &read_file(&path)?, &path)?;
+            set_knob(into, knob, &read_file(&path)?, || path.clone())?;
         }
         Ok(())
     }
@@ -352,6 +352,16 @@ impl ProcFiles {
         };
         for knob in Knob::ALL {
             let _ = files.reader(knob, |_| Ok(()));
+        }
+        // The knobs the daemon writes (where /proc/sys is writable).
+        for knob in [
+            Knob::OvercommitMemory,
+            Knob::OvercommitRatio,
+            Knob::OvercommitKbytes,
+            Knob::Swappiness,
+        ] {
+            let path = || files.root.knob_path(knob);
+            let _ = ProcFiles::with_file(&files.writers[knob as usize], path, true, |_| Ok(()));
         }
         let _ = files.with_meminfo(|_| Ok(()));
         files
@@ -459,7 +469,7 @@ impl Kernel for ProcFiles {
                 }
             })?;
             let text = String::from_utf8_lossy(&buffer[..length]);
-            set_knob(into, knob, &text, &self.root.knob_path(knob))?;
+            set_knob(into, knob, &text, || self.root.knob_path(knob))?;
         }
         Ok(())
     }

@@ -15,11 +15,87 @@ pub struct Holder {
     pub start_time: u64,
 }
 
+/// A lease's id: 128 random bits, unguessable; written as 32 lower-case hex digits. Kept as a
+/// number, so that the lease table, its deadlines and the journal hold no string per id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(u128);
+
+impl LeaseId {
+    /// A new unguessable id, from the kernel's random pool. Drawn 32 ids' worth at a time (one
+    /// getrandom(2) per 32 grants) and never handed out twice.
+    pub fn new() -> Result<LeaseId, getrandom::Error> {
+        thread_local! {
+            static POOL: std::cell::RefCell<(usize, [u8; 512])> =
+                const { std::cell::RefCell::new((512, [0; 512])) };
+        }
+        POOL.with_borrow_mut(|(used, bytes)| {
+            if *used == bytes.len() {
+                getrandom::fill(bytes)?;
+                *used = 0;
+            }
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&bytes[*used..*used + 16]);
+            // Wiped once taken: what is left in memory is only ids not yet handed out.
+            bytes[*used..*used + 16].fill(0);
+            *used += 16;
+            Ok(LeaseId(u128::from_be_bytes(id)))
+        })
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 32];
+        for (i, digit) in text.iter_mut().enumerate() {
+            *digit = HEX[(self.0 >> (124 - 4 * i) & 15) as usize];
+        }
+        // ASCII hex digits.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+impl std::fmt::Debug for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for LeaseId {
+    type Err = ();
+
+    /// Exactly 32 hex digits (either case).
+    fn from_str(text: &str) -> Result<LeaseId, ()> {
+        if text.len() != 32 {
+            return Err(());
+        }
+        text.bytes()
+            .try_fold(0u128, |id, b| {
+                let digit = (b as char).to_digit(16).ok_or(())?;
+                Ok(id << 4 | u128::from(digit))
+            })
+            .map(LeaseId)
+    }
+}
+
+impl Serialize for LeaseId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LeaseId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<LeaseId, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|()| serde::de::Error::custom("a lease id is 32 hex digits"))
+    }
+}
+
 /// A granted lease, as journaled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// 128 random bits, hex: unguessable.
-    pub id: String,
+    pub id: LeaseId,
     pub owner_uid: u32,
     /// The owner's user name (or uid), looked up once, at the grant.
     #[serde(default)]
@@ -36,19 +112,6 @@ pub struct Lease {
     pub expires: Duration,
     /// Unix seconds, for people.
     pub expires_at: u64,
-}
-
-/// A new unguessable lease id.
-pub fn new_lease_id() -> Result<String, getrandom::Error> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)?;
-    let mut id = String::with_capacity(32);
-    for b in bytes {
-        id.push(char::from(HEX[usize::from(b >> 4)]));
-        id.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    Ok(id)
 }
 
 /// The most permissive of the baseline and the leases: never < heuristic < always, and within
@@ -135,10 +198,28 @@ mod tests {
 
     #[test]
     fn lease_ids_are_random_128_bit_hex() {
-        let a = new_lease_id().unwrap();
-        let b = new_lease_id().unwrap();
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        let a = LeaseId::new().unwrap();
+        let b = LeaseId::new().unwrap();
+        let text = a.to_string();
+        assert_eq!(text.len(), 32);
+        assert!(text.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+        assert_eq!(text.parse::<LeaseId>(), Ok(a));
+        assert_eq!(text.to_uppercase().parse::<LeaseId>(), Ok(a));
+        assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{text}\""));
+        assert_eq!(
+            serde_json::from_str::<LeaseId>(&format!("\"{text}\"")).unwrap(),
+            a
+        );
+        for bad in [
+            "",
+            "0",
+            &text[1..],
+            &format!("{text}0"),
+            &format!("+{}", &text[1..]),
+        ] {
+            assert!(bad.parse::<LeaseId>().is_err(), "{bad:?}");
+        }
+        assert_eq!(LeaseId(1).to_string(), format!("{:0>32}", "1"));
     }
 }

@@ -3,6 +3,8 @@
 //! the local syslog socket, else stderr. In text targets every control or format character of
 //! a message is escaped: a message is always one line.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
@@ -42,10 +44,19 @@ fn syslog_priority(record: &Record<'_>) -> u8 {
     }
 }
 
+/// This process's id, as text: looked up once (getpid(2) is a system call each time).
+fn pid() -> &'static str {
+    static PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PID.get_or_init(|| std::process::id().to_string())
+}
+
 /// `text` with control and format characters escaped: one line that shows what it holds.
-pub fn one_line(text: &str) -> String {
-    if !text.chars().any(|c| c.is_control() || is_format_char(c)) {
-        return text.to_string();
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    // Printable ASCII (nearly every line) needs no look at its characters one by one.
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b))
+        || !text.chars().any(|c| c.is_control() || is_format_char(c))
+    {
+        return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
@@ -55,7 +66,7 @@ pub fn one_line(text: &str) -> String {
             out.push(c);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// A record in journald's native format: `KEY=value\n` fields, or, for values holding a
@@ -76,7 +87,7 @@ pub fn journal_record(record: &Record<'_>) -> Vec<u8> {
     field("MESSAGE", record.args().to_string().as_bytes());
     field("PRIORITY", syslog_priority(record).to_string().as_bytes());
     field("SYSLOG_IDENTIFIER", b"overcommitd");
-    field("SYSLOG_PID", std::process::id().to_string().as_bytes());
+    field("SYSLOG_PID", pid().as_bytes());
     field("OVERCOMMIT_TARGET", record.target().as_bytes());
     struct Fields<'a, F: FnMut(&str, &[u8])>(&'a mut F);
     impl<'kvs, F: FnMut(&str, &[u8])> VisitSource<'kvs> for Fields<'_, F> {
@@ -154,23 +165,32 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let message = one_line(&record.args().to_string());
-        let mut err = std::io::stderr().lock();
-        // A failed log write has nowhere to be reported; the daemon carries on.
+        // The whole line in one write(2): stderr is unbuffered, and a line written in pieces
+        // costs a system call per piece and may interleave with another writer's.
+        let mut line = String::with_capacity(256);
+        let priority = syslog_priority(record);
         let _ = if self.prefixes {
-            writeln!(err, "<{}>{message}", syslog_priority(record))
+            write!(line, "<{priority}>")
         } else {
-            let level = if syslog_priority(record) == 2 {
-                "critical".to_string()
-            } else {
-                record.level().as_str().to_lowercase()
+            let level = match (priority, record.level()) {
+                (2, _) => "critical",
+                (_, Level::Error) => "error",
+                (_, Level::Warn) => "warn",
+                (_, Level::Info) => "info",
+                (_, Level::Debug) => "debug",
+                (_, Level::Trace) => "trace",
             };
-            writeln!(
-                err,
-                "overcommitd[{}]: {level}: {message}",
-                std::process::id()
-            )
+            write!(line, "overcommitd[{}]: {level}: ", pid())
         };
+        let start = line.len();
+        let _ = write!(line, "{}", record.args());
+        if let Cow::Owned(escaped) = one_line(&line[start..]) {
+            line.truncate(start);
+            line.push_str(&escaped);
+        }
+        line.push('\n');
+        // A failed log write has nowhere to be reported; the daemon carries on.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {
@@ -187,7 +207,8 @@ impl Log for OneLine {
     }
 
     fn log(&self, record: &Record<'_>) {
-        let message = one_line(&record.args().to_string());
+        let text = record.args().to_string();
+        let message = one_line(&text);
         self.0.log(
             &Record::builder()
                 .args(format_args!("{message}"))

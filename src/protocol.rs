@@ -205,6 +205,21 @@ impl Reply {
         }
     }
 
+    /// A success reply as one line, newline included, written straight from `result`: what
+    /// `Reply::success(result).to_line()` says, without building a `Value` first.
+    pub fn success_line(result: &impl Serialize) -> Vec<u8> {
+        let mut line = Vec::with_capacity(256);
+        line.extend_from_slice(br#"{"v":1,"ok":true,"result":"#);
+        match serde_json::to_writer(&mut line, result) {
+            Ok(()) => {
+                line.extend_from_slice(b"}\n");
+                line
+            }
+            Err(e) => Reply::failure(ErrorCode::Internal, format!("cannot encode the reply: {e}"))
+                .to_line(),
+        }
+    }
+
     /// The reply as one line, newline included.
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).unwrap_or_else(|_| {
@@ -242,23 +257,24 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
             ))
         }
     }
+    // serde refuses unknown fields of every request with fields; the ones without fields
+    // (`status`, `leases`, `profiles`) are checked here.
+    let extra = object
+        .get("op")
+        .and_then(serde_json::Value::as_str)
+        .filter(|op| matches!(*op, "status" | "leases" | "profiles"))
+        .and_then(|_| object.keys().find(|k| *k != "op" && *k != "v").cloned());
     let mut value = value;
     if let Some(object) = value.as_object_mut() {
         object.remove("v");
     }
-    let keys: Vec<String> = value
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
     let request: Request = serde_json::from_value(value)
         .map_err(|e| Reply::failure(ErrorCode::Invalid, format!("bad request: {e}")))?;
-    // serde refuses unknown fields of every request with fields; the ones without fields
-    // (`status`, `leases`, `profiles`) are checked here.
     let fieldless = matches!(
         request,
         Request::Status | Request::Leases | Request::Profiles
     );
-    if let Some(unknown) = keys.iter().find(|k| fieldless && k.as_str() != "op") {
+    if let Some(unknown) = extra.filter(|_| fieldless) {
         return Err(Reply::failure(
             ErrorCode::Invalid,
             format!("bad request: unknown field `{unknown}` (this request takes none but \"op\" and \"v\")"),
@@ -271,6 +287,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
 /// after Unicode 15.1's DerivedGeneralCategory.txt. With Cc (`char::is_control`) these are the
 /// characters that can make text show something other than what it holds.
 pub fn is_format_char(c: char) -> bool {
+    // None below U+00AD: ASCII (all of a typical line) is answered at once.
+    if c < '\u{AD}' {
+        return false;
+    }
     const CF: [(u32, u32); 21] = [
         (0x00AD, 0x00AD),
         (0x0600, 0x0605),
@@ -604,6 +624,21 @@ mod tests {
         let back: Reply = serde_json::from_slice(&line).unwrap();
         assert!(back.ok);
         assert_eq!(back.result.unwrap()["effective"]["limit"]["ratio"], 50);
+        // Written straight from the result, the same reply.
+        let released = Released {
+            released: vec!["a".into()],
+            effective: Policy {
+                mode: Mode::Never,
+                limit: Limit::Kbytes(7),
+            },
+            pending_write: None,
+        };
+        let direct = Reply::success_line(&released);
+        assert_eq!(direct.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(
+            serde_json::from_slice::<Reply>(&direct).unwrap(),
+            serde_json::from_slice::<Reply>(&Reply::success(&released).to_line()).unwrap()
+        );
     }
 
     #[test]

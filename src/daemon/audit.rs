@@ -79,10 +79,24 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
         after = after.as_str(),
         leases = leases;
         "audit: op={} uid={uid} user=\"{}\" pid={pid} comm=\"{}\" lease={} reason=\"{}\" before=\"{before}\" after=\"{after}\" leases={leases}",
-        escape(audit.op),
-        escape(user),
-        escape(comm),
-        escape(lease),
-        escape(reason),
+        Escaped(audit.op),
+        Escaped(user),
+        Escaped(comm),
+        Escaped(lease),
+        Escaped(reason),
     );
+}
+
+/// Peer-derived text in the message, escaped as [`escape`] does, as it is formatted.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'\\' && b != b'"';
+        if self.0.bytes().all(plain) {
+            f.write_str(self.0)
+        } else {
+            f.write_str(&escape(self.0))
+        }
+    }
 }

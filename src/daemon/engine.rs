@@ -18,7 +18,7 @@ use crate::change::{self, POLICY_KNOBS};
 use crate::config::{Config, ConfigError, DriftAction};
 use crate::journal::{AdminBaseline, JournalChange, JournalError, JournalStore, Snapshot};
 use crate::kernel::{Kernel, KernelError};
-use crate::lease::{effective_policy, new_lease_id, Holder, Lease};
+use crate::lease::{effective_policy, Holder, Lease, LeaseId};
 use crate::model::{Knob, Limit, LimitError, LockoutRisk, Mode, Node, Policy, Tunables};
 use crate::protocol::{
     is_clean_text, BaselineChanged, BaselineInfo, DaemonStatus, DriftEvent, ErrorCode, GuardHold,
@@ -49,7 +49,7 @@ pub enum DaemonError {
     #[error("no live lease of yours with tag {0}")]
     NoTag(String),
     #[error("lease {id} belongs to uid {owner}: only its owner or root may release it")]
-    NotOwner { id: String, owner: u32 },
+    NotOwner { id: LeaseId, owner: u32 },
     #[error("no profile `{name}` (known: {known})")]
     NoProfile { name: String, known: String },
     #[error(transparent)]
@@ -230,7 +230,7 @@ impl LeaseSummary {
 
     /// One policy per kind of lease present: the effective policy of these is the effective
     /// policy of all (the limit of an always or heuristic lease does not count).
-    fn candidates(&self) -> impl Iterator<Item = Policy> {
+    fn candidates(&self) -> [Option<Policy>; 4] {
         let any = Limit::Ratio(0);
         [
             (self.always > 0).then_some(Policy {
@@ -250,8 +250,6 @@ impl LeaseSummary {
                 limit: Limit::Kbytes(k),
             }),
         ]
-        .into_iter()
-        .flatten()
     }
 
     /// Whether a lease of a mode more permissive than never is live.
@@ -282,9 +280,11 @@ pub struct Engine<K: Kernel, J: JournalStore> {
     /// configuration names none, and the limit of profiles that name none.
     boot: Policy,
     admin_baseline: Option<AdminBaseline>,
-    leases: BTreeMap<String, Lease>,
+    /// Boxed: a tree node then moves ids and pointers, and a lease's memory goes back whole
+    /// when it ends.
+    leases: BTreeMap<LeaseId, Box<Lease>>,
     /// Lease deadlines in order, for the next timer without a scan.
-    expiries: BTreeSet<(Duration, String)>,
+    expiries: BTreeSet<(Duration, LeaseId)>,
     summary: LeaseSummary,
     /// What the engine last decided the kernel must hold.
     in_force: Policy,
@@ -300,7 +300,7 @@ pub struct Engine<K: Kernel, J: JournalStore> {
     next_drift_check: Option<Duration>,
     last_node: Option<Node>,
     /// Leases ended since the transport last asked (their holder watches can go).
-    ended: Vec<String>,
+    ended: Vec<LeaseId>,
 }
 
 /// What [`Engine::start`] needs beyond the kernel and the journal.
@@ -322,7 +322,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         options: StartOptions,
         now: Duration,
         mut reopen: impl FnMut(&Holder) -> Option<W>,
-    ) -> (Engine<K, J>, Vec<(String, W)>) {
+    ) -> (Engine<K, J>, Vec<(LeaseId, W)>) {
         let state = match journal.load() {
             Ok(state) => state,
             Err(e) => {
@@ -371,7 +371,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                     }
                     if let Some(holder) = &lease.holder {
                         match reopen(holder) {
-                            Some(watch) => watches.push((lease.id.clone(), watch)),
+                            Some(watch) => watches.push((lease.id, watch)),
                             None => {
                                 info!(
                                     "lease {} ended while the daemon was down: holder pid {} is gone",
@@ -407,16 +407,17 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 
     fn insert(&mut self, lease: Lease) {
-        self.expiries.insert((lease.expires, lease.id.clone()));
+        self.expiries.insert((lease.expires, lease.id));
         self.summary.add(&lease);
-        if let Some(old) = self.leases.insert(lease.id.clone(), lease) {
+        if let Some(old) = self.leases.insert(lease.id, Box::new(lease)) {
             self.summary.remove(&old);
+            self.expiries.remove(&(old.expires, old.id));
         }
     }
 
-    fn remove(&mut self, id: &str) -> Option<Lease> {
+    fn remove(&mut self, id: &LeaseId) -> Option<Box<Lease>> {
         let lease = self.leases.remove(id)?;
-        self.expiries.remove(&(lease.expires, lease.id.clone()));
+        self.expiries.remove(&(lease.expires, lease.id));
         self.summary.remove(&lease);
         Some(lease)
     }
@@ -442,7 +443,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 
     /// Leases ended since the last call (their holder watches are no longer needed).
-    pub fn take_ended(&mut self) -> Vec<String> {
+    pub fn take_ended(&mut self) -> Vec<LeaseId> {
         std::mem::take(&mut self.ended)
     }
 
@@ -516,8 +517,8 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 
     fn effective_on(&self, node: &Node) -> Policy {
-        let candidates: Vec<Policy> = self.summary.candidates().collect();
-        effective_policy(node, &self.baseline().policy, &candidates)
+        let candidates = self.summary.candidates();
+        effective_policy(node, &self.baseline().policy, candidates.iter().flatten())
     }
 
     /// Whether the effective policy is a mode-never one: only then do the memory figures
@@ -737,7 +738,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                 let snapshot = Snapshot {
                     boot_id: &self.boot_id,
                     admin_baseline: self.admin_baseline.as_ref(),
-                    leases: self.leases.values().collect(),
+                    leases: self.leases.values().map(|l| l.as_ref()).collect(),
                     effective: self.in_force,
                 };
                 self.journal.snapshot(&snapshot)
@@ -766,14 +767,20 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 
     /// Compacts the journal when its records have outgrown its snapshot: after the replies,
-    /// off the requests' path.
-    pub fn compact_journal(&mut self, now: Duration) {
-        if self.journal_error.is_none()
-            && self.journal.wants_compaction()
-            && self.persist(None).is_err()
-        {
+    /// off the requests' path. Whether it did.
+    pub fn compact_journal(&mut self, now: Duration) -> bool {
+        if self.journal_error.is_some() || !self.journal.wants_compaction() {
+            return false;
+        }
+        if self.persist(None).is_err() {
             self.schedule_retry(now);
         }
+        true
+    }
+
+    /// Live leases.
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
     }
 
     fn audit(&self, record: &Audit<'_>, before: &Tunables, after: &Tunables) {
@@ -833,19 +840,20 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 
     /// Grants an authorized lease: journaled, then the kernel written and read back; the
-    /// reply is only good once the kernel holds it. On failure nothing of it remains.
+    /// reply is only good once the kernel holds it. On failure nothing of it remains. Returns
+    /// the new lease's id with the reply.
     pub fn grant(
         &mut self,
         actor: Actor<'_>,
         ask: Authorized,
         holder: Option<Holder>,
         now: Duration,
-    ) -> Result<LeaseGranted, DaemonError> {
+    ) -> Result<(LeaseId, LeaseGranted), DaemonError> {
         let reading = self.check_drift(now);
-        let id = new_lease_id().map_err(DaemonError::Random)?;
+        let id = LeaseId::new().map_err(DaemonError::Random)?;
         let granted_at = unix_now();
         let lease = Lease {
-            id: id.clone(),
+            id,
             owner_uid: actor.peer.uid,
             owner: actor.user.to_string(),
             requester_pid: actor.peer.pid,
@@ -871,14 +879,18 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                 let record = Audit {
                     op: "lease",
                     actor: Some(actor),
-                    lease: Some(&id),
+                    lease: Some(&info.id),
                     reason: info.reason.as_deref(),
                 };
                 self.audit(&record, &before, &after);
-                Ok(LeaseGranted {
-                    lease: info,
-                    effective: self.effective(),
-                })
+                let effective = self.effective();
+                Ok((
+                    id,
+                    LeaseGranted {
+                        lease: info,
+                        effective,
+                    },
+                ))
             }
             Err(e) => {
                 self.remove(&id);
@@ -907,12 +919,14 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         now: Duration,
     ) -> Result<Released, DaemonError> {
         let peer = actor.peer;
-        let ids: Vec<String> = match (id, tag) {
-            (Some(id), _) => {
-                let lease = self
-                    .leases
-                    .get(&id)
-                    .ok_or_else(|| DaemonError::NoLease(id.clone()))?;
+        let ids: Vec<LeaseId> = match (id, tag) {
+            (Some(text), _) => {
+                let lease = text
+                    .parse()
+                    .ok()
+                    .and_then(|id| self.leases.get(&id))
+                    .ok_or(DaemonError::NoLease(text))?;
+                let id = lease.id;
                 if lease.owner_uid != peer.uid && !peer.is_root() {
                     return Err(DaemonError::NotOwner {
                         id,
@@ -922,14 +936,14 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                 vec![id]
             }
             (None, Some(tag)) => {
-                let ids: Vec<String> = self
+                let ids: Vec<LeaseId> = self
                     .leases
                     .values()
                     .filter(|l| {
                         l.tag.as_deref() == Some(tag.as_str())
                             && (l.owner_uid == peer.uid || peer.is_root())
                     })
-                    .map(|l| l.id.clone())
+                    .map(|l| l.id)
                     .collect();
                 if ids.is_empty() {
                     return Err(DaemonError::NoTag(tag));
@@ -939,7 +953,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             (None, None) => return Err(DaemonError::ReleaseWhat),
         };
         let reading = self.check_drift(now);
-        let joined = ids.join(",");
+        let joined = join_ids(&ids);
         let record = Audit {
             op: "release",
             actor: Some(actor),
@@ -948,7 +962,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         };
         self.end(&ids, &record, reading, now);
         Ok(Released {
-            released: ids,
+            released: ids.iter().map(LeaseId::to_string).collect(),
             effective: self.effective(),
             pending_write: self.pending_write(now),
         })
@@ -956,11 +970,11 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
 
     /// Ends leases: they are gone from the table at once, whatever happens to the writes,
     /// which are retried until the kernel holds the policy without them.
-    fn end(&mut self, ids: &[String], record: &Audit<'_>, prior: Option<Reading>, now: Duration) {
-        let ended: Vec<String> = ids
+    fn end(&mut self, ids: &[LeaseId], record: &Audit<'_>, prior: Option<Reading>, now: Duration) {
+        let ended: Vec<LeaseId> = ids
             .iter()
             .filter(|id| self.remove(id).is_some())
-            .cloned()
+            .copied()
             .collect();
         if ended.is_empty() {
             return;
@@ -973,11 +987,11 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 
     /// The holder of `id` exited.
-    pub fn holder_exited(&mut self, id: &str, now: Duration) {
-        if self.leases.contains_key(id) {
-            info!("lease {id}: its holder exited");
-            let ids = [id.to_string()];
-            self.end(&ids, &Audit::lease_end("holder-exit", id), None, now);
+    pub fn holder_exited(&mut self, id: LeaseId, now: Duration) {
+        if self.leases.contains_key(&id) {
+            debug!("lease {id}: its holder exited");
+            let text = id.to_string();
+            self.end(&[id], &Audit::lease_end("holder-exit", &text), None, now);
         }
     }
 
@@ -1171,14 +1185,14 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     /// Ends expired leases, retries failed writes, looks again at a held policy, and checks
     /// for drift, as each falls due.
     pub fn on_time(&mut self, now: Duration) {
-        let expired: Vec<String> = self
+        let expired: Vec<LeaseId> = self
             .expiries
             .iter()
             .take_while(|(at, _)| *at <= now)
-            .map(|(_, id)| id.clone())
+            .map(|&(_, id)| id)
             .collect();
         if !expired.is_empty() {
-            let joined = expired.join(",");
+            let joined = join_ids(&expired);
             self.end(&expired, &Audit::lease_end("expire", &joined), None, now);
         }
         if self.retry_at.is_some_and(|at| at <= now) {
@@ -1221,11 +1235,11 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
 
     /// Ends every lease and leaves the baseline in force (SIGTERM).
     pub fn shutdown(&mut self, now: Duration) {
-        let ids: Vec<String> = self.leases.keys().cloned().collect();
+        let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
         for id in &ids {
             self.remove(id);
         }
-        let joined = ids.join(",");
+        let joined = join_ids(&ids);
         let _ = self.persist(None);
         let record = Audit::lease_end("stop", if ids.is_empty() { "-" } else { &joined });
         match self.converge(now) {
@@ -1290,8 +1304,9 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     }
 
     pub fn leases(&self) -> LeaseList {
-        let mut leases: Vec<LeaseInfo> = self.leases.values().map(lease_info).collect();
-        leases.sort_by_key(|l| (l.granted_at, l.id.clone()));
+        let mut leases: Vec<&Lease> = self.leases.values().map(|l| l.as_ref()).collect();
+        leases.sort_by_key(|l| (l.granted_at, l.id));
+        let leases = leases.into_iter().map(lease_info).collect();
         LeaseList { leases }
     }
 
@@ -1331,9 +1346,17 @@ fn under_systemd() -> bool {
     *NOTIFY.get_or_init(|| std::env::var_os("NOTIFY_SOCKET").is_some())
 }
 
+/// Ids for an audit record, comma-separated.
+fn join_ids(ids: &[LeaseId]) -> String {
+    ids.iter()
+        .map(LeaseId::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn lease_info(lease: &Lease) -> LeaseInfo {
     LeaseInfo {
-        id: lease.id.clone(),
+        id: lease.id.to_string(),
         owner_uid: lease.owner_uid,
         owner: lease.owner.clone(),
         requester_pid: lease.requester_pid,

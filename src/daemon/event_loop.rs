@@ -399,7 +399,8 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    /// Arms the timer for the earliest deadline of the service and the sources, or disarms it.
+    /// Arms the timer for the earliest deadline of the service and the sources (or earlier), or
+    /// disarms it.
     fn arm_timer(&mut self, service: &S) {
         let next = self
             .deadlines
@@ -409,6 +410,12 @@ impl<S: Service> EventLoop<S> {
             .chain(service.next_deadline())
             .min();
         if next == self.armed {
+            return;
+        }
+        // A deadline later than the one armed (a client that was just active): let the timer
+        // fire early and arm it again then, one wake-up per idle timeout rather than a
+        // timerfd_settime(2) per request. An earlier one, or none at all, is armed now.
+        if matches!((next, self.armed), (Some(at), Some(armed)) if armed <= at) {
             return;
         }
         self.armed = next;

@@ -26,7 +26,7 @@ use crate::cli::DaemonCli;
 use crate::config::{Config, ConfigError};
 use crate::journal::{Journal, JournalError};
 use crate::kernel::{ProcFiles, ProcRoot};
-use crate::lease::new_lease_id;
+use crate::lease::LeaseId;
 use crate::logging;
 use crate::model::{Knob, Limit, Mode, Policy};
 use crate::sysctl_d::{Origin, Setting, SysctlSources};
@@ -170,6 +170,14 @@ fn serve(cli: &DaemonCli) -> Result<(), StartError> {
     }
     signals.thread_block()?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    // Large buffers (a snapshot read at start, a `leases` reply of MiBs) are mapped apart and
+    // given back when freed; glibc would otherwise raise this threshold after the first one
+    // and keep such memory in its heap.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes a setting of the allocator; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
     let open_files = raise_fd_limit();
 
     let config = Config::load(&cli.config)?;
@@ -205,7 +213,7 @@ fn serve(cli: &DaemonCli) -> Result<(), StartError> {
     };
     // Lease ids need the kernel's random pool. Early in boot it may not be ready yet: wait
     // for it here, before READY, so that no later draw can stall the event loop.
-    new_lease_id().map_err(StartError::Random)?;
+    LeaseId::new().map_err(StartError::Random)?;
 
     let settings = config.daemon.clone();
     // Room for the kernel files, the journal, the log and the loop itself.
@@ -229,6 +237,8 @@ fn serve(cli: &DaemonCli) -> Result<(), StartError> {
     };
     let kernel = ProcFiles::open(proc_root);
     let (engine, watches) = Engine::start(kernel, journal, options, now, peer::reopen_holder);
+    // What loading the journal took.
+    server::give_back_memory();
     let connections = sources::Connections::new(max_clients);
     let mut server = Server::new(engine, connections.clone());
     let mut event_loop = event_loop::EventLoop::new()?;
@@ -241,10 +251,7 @@ fn serve(cli: &DaemonCli) -> Result<(), StartError> {
     event_loop.add(Box::new(listener));
     event_loop.add(Box::new(sources::Signals { fd: signal_fd }));
     for (lease, pidfd) in watches {
-        let token = event_loop.add(Box::new(sources::HolderWatch {
-            lease: lease.clone(),
-            pidfd,
-        }));
+        let token = event_loop.add(Box::new(sources::HolderWatch { lease, pidfd }));
         server.watching(lease, token);
     }
     if let Some(interval) = sd_notify::watchdog_enabled() {

@@ -13,6 +13,7 @@ use crate::auth::{Authorizer, Peer};
 use crate::config::Config;
 use crate::journal::{AdminBaseline, Journal};
 use crate::kernel::ProcFiles;
+use crate::lease::LeaseId;
 use crate::protocol::{ErrorCode, Reply, Request};
 
 use super::engine::{Actor, DaemonError, Engine};
@@ -52,8 +53,23 @@ pub struct Server {
     pub engine: Engine<ProcFiles, Journal>,
     connections: Rc<RefCell<Connections>>,
     /// The holder watch of each lease that has one.
-    watches: HashMap<String, Token>,
+    watches: HashMap<LeaseId, Token>,
     watchdog: Option<(Duration, Duration)>,
+    /// The most leases and connections held since memory was last given back.
+    peak: usize,
+}
+
+/// Memory freed by this many leases or connections going away is given back to the system.
+const GIVE_BACK_AFTER: usize = 1000;
+
+/// Gives the allocator's free memory back to the system: glibc keeps what it freed in the
+/// middle of its heap until asked (malloc_trim releases free pages anywhere in it).
+pub fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl Server {
@@ -63,11 +79,12 @@ impl Server {
             connections,
             watches: HashMap::new(),
             watchdog: None,
+            peak: 0,
         }
     }
 
     /// Records the watch of a lease's holder, to drop it when the lease ends otherwise.
-    pub fn watching(&mut self, lease: String, token: Token) {
+    pub fn watching(&mut self, lease: LeaseId, token: Token) {
         self.watches.insert(lease, token);
     }
 
@@ -76,8 +93,12 @@ impl Server {
         self.watchdog = Some((interval, now.saturating_add(interval)));
     }
 
-    /// Handles one request from a client; the reply to send.
-    pub fn handle(cx: &mut Context<'_, Server>, client: ClientInfo<'_>, request: Request) -> Reply {
+    /// Handles one request from a client; the reply line to send.
+    pub fn handle(
+        cx: &mut Context<'_, Server>,
+        client: ClientInfo<'_>,
+        request: Request,
+    ) -> Vec<u8> {
         let (uid, pid) = (client.peer.uid, client.peer.pid);
         let result = match request {
             Request::Lease(request) => Server::grant(cx, client, request),
@@ -90,7 +111,7 @@ impl Server {
             ) {
                 warn!("request from uid {uid} pid {pid} refused: {e}");
             }
-            e.reply()
+            e.reply().to_line()
         })
     }
 
@@ -100,21 +121,21 @@ impl Server {
         client: ClientInfo<'_>,
         request: Request,
         now: Duration,
-    ) -> Result<Reply, DaemonError> {
+    ) -> Result<Vec<u8>, DaemonError> {
         let peer = client.peer;
         let engine = &mut self.engine;
         match request {
             Request::Status => {
                 let clients = self.connections.borrow().total();
-                engine.status(now, clients).map(|s| Reply::success(&s))
+                engine.status(now, clients).map(|s| Reply::success_line(&s))
             }
-            Request::Leases => Ok(Reply::success(&engine.leases())),
-            Request::Profiles => Ok(Reply::success(&engine.profiles())),
+            Request::Leases => Ok(Reply::success_line(&engine.leases())),
+            Request::Profiles => Ok(Reply::success_line(&engine.profiles())),
             Request::Release { id, tag } => {
                 let actor = client.names.actor(peer);
                 engine
                     .release(actor, id, tag, now)
-                    .map(|r| Reply::success(&r))
+                    .map(|r| Reply::success_line(&r))
             }
             Request::Set { policy, force } => {
                 let new = engine.custom_baseline(&policy);
@@ -135,19 +156,19 @@ impl Server {
         force: bool,
         op: &str,
         now: Duration,
-    ) -> Result<Reply, DaemonError> {
+    ) -> Result<Vec<u8>, DaemonError> {
         let new = new?;
         let actor = client.names.actor(client.peer);
         engine
             .change_baseline(actor, new, force, op, now)
-            .map(|c| Reply::success(&c))
+            .map(|c| Reply::success_line(&c))
     }
 
     fn grant(
         cx: &mut Context<'_, Server>,
         client: ClientInfo<'_>,
         request: crate::protocol::LeaseRequest,
-    ) -> Result<Reply, DaemonError> {
+    ) -> Result<Vec<u8>, DaemonError> {
         let now = cx.now;
         let engine = &mut cx.service.engine;
         let ask = engine.authorize(client.peer, request)?;
@@ -159,21 +180,17 @@ impl Server {
             (None, None)
         };
         let actor = client.names.actor(client.peer);
-        let granted = engine.grant(actor, ask, holder, now)?;
+        let (lease, granted) = engine.grant(actor, ask, holder, now)?;
         if let Some(pidfd) = pidfd {
-            let lease = granted.lease.id.clone();
-            let token = cx.spawn(Box::new(HolderWatch {
-                lease: lease.clone(),
-                pidfd,
-            }));
+            let token = cx.spawn(Box::new(HolderWatch { lease, pidfd }));
             cx.service.watching(lease, token);
         }
-        Ok(Reply::success(&granted))
+        Ok(Reply::success_line(&granted))
     }
 
     /// The holder of `id` exited.
-    pub fn holder_exited(&mut self, id: &str, now: Duration) {
-        self.watches.remove(id);
+    pub fn holder_exited(&mut self, id: LeaseId, now: Duration) {
+        self.watches.remove(&id);
         self.engine.holder_exited(id, now);
     }
 
@@ -219,7 +236,14 @@ impl Service for Server {
     /// Drops the watches of leases that ended otherwise (TTL, release): nothing left to watch;
     /// compacts the journal when it is due, after the round's replies have gone.
     fn after_round(cx: &mut Context<'_, Self>) {
-        cx.service.engine.compact_journal(cx.now);
+        let server = &mut *cx.service;
+        let compacted = server.engine.compact_journal(cx.now);
+        let held = server.engine.lease_count() + server.connections.borrow().total();
+        server.peak = server.peak.max(held);
+        if compacted || server.peak - held >= GIVE_BACK_AFTER {
+            give_back_memory();
+            server.peak = held;
+        }
         for id in cx.service.engine.take_ended() {
             if let Some(token) = cx.service.watches.remove(&id) {
                 cx.remove(token);

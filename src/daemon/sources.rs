@@ -16,6 +16,7 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
 use crate::auth::Peer;
+use crate::lease::LeaseId;
 use crate::protocol::{parse_request, ErrorCode, Reply, MAX_REQUEST_LINE};
 
 use super::event_loop::{Context, Keep, Source};
@@ -293,9 +294,12 @@ impl Client {
 
     /// Reads one chunk; false when the connection failed.
     fn read_input(&mut self) -> bool {
-        let mut buffer = [0u8; 16 * 1024];
-        loop {
-            match self.stream.read(&mut buffer) {
+        // One buffer for every connection (a connection keeps only what it has not answered).
+        thread_local! {
+            static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 16 * 1024]);
+        }
+        BUFFER.with_borrow_mut(|buffer| loop {
+            match self.stream.read(buffer) {
                 Ok(0) => {
                     self.eof = true;
                     return true;
@@ -308,7 +312,7 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             }
-        }
+        })
     }
 
     /// Answers buffered requests while their replies leave at once, up to a turn's worth.
@@ -324,16 +328,15 @@ impl Client {
                 self.refuse_oversized();
                 return;
             }
-            let line: Vec<u8> = self.input.drain(..=end).collect();
-            if self.input.is_empty() {
-                self.input = Vec::new();
-            }
-            let line = &line[..line.len() - 1];
+            let line = &self.input[..end];
             if line.iter().all(u8::is_ascii_whitespace) {
+                self.consume(end);
                 continue;
             }
             self.last_active = cx.now;
-            let reply = match parse_request(line) {
+            let parsed = parse_request(line);
+            self.consume(end);
+            let reply = match parsed {
                 Ok(request) => {
                     let info = ClientInfo {
                         peer: &self.peer,
@@ -347,10 +350,10 @@ impl Client {
                     if self.bad_lines >= MAX_BAD_LINES {
                         self.closing = true;
                     }
-                    reply
+                    reply.to_line()
                 }
             };
-            self.output = reply.to_line();
+            self.output = reply;
             self.written = 0;
             if !self.flush(cx.now) {
                 self.closing = true;
@@ -360,6 +363,16 @@ impl Client {
         }
         if !self.has_line() && self.input.len() >= MAX_REQUEST_LINE {
             self.refuse_oversized();
+        }
+    }
+
+    /// Drops the line ending at `end` (its newline) from the input.
+    fn consume(&mut self, end: usize) {
+        if end + 1 == self.input.len() {
+            // Nothing left: an idle connection keeps no buffer.
+            self.input = Vec::new();
+        } else {
+            self.input.drain(..=end);
         }
     }
 
@@ -452,7 +465,7 @@ impl Source<Server> for Client {
 
 /// A lease holder's pidfd: readable when the process exits, which ends the lease.
 pub struct HolderWatch {
-    pub lease: String,
+    pub lease: LeaseId,
     pub pidfd: OwnedFd,
 }
 
@@ -466,7 +479,7 @@ impl Source<Server> for HolderWatch {
     }
 
     fn ready(&mut self, _events: EpollFlags, cx: &mut Context<'_, Server>) -> Keep {
-        cx.service.holder_exited(&self.lease, cx.now);
+        cx.service.holder_exited(self.lease, cx.now);
         Keep::No
     }
 }

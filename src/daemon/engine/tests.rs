@@ -199,7 +199,12 @@ fn lease_request(mode: Mode, ttl: u64, tag: Option<&str>, reason: Option<&str>) 
 fn lease(engine: &mut TestEngine, peer: &Peer, mode: Mode, ttl: u64, now: Duration) -> String {
     let request = lease_request(mode, ttl, None, None);
     let ask = engine.authorize(peer, request).unwrap();
-    engine.grant(actor(peer), ask, None, now).unwrap().lease.id
+    engine
+        .grant(actor(peer), ask, None, now)
+        .unwrap()
+        .1
+        .lease
+        .id
 }
 
 /// Runs the engine's timer until `until`, as the event loop would; returns the time reached.
@@ -590,7 +595,7 @@ fn each_change_is_one_record_and_the_journal_is_compacted_after_the_replies() {
         .unwrap()
         .leases
         .iter()
-        .map(|l| l.id.clone())
+        .map(|l| l.id.to_string())
         .collect();
     let live: Vec<String> = engine
         .leases()
