@@ -113,17 +113,19 @@ impl SysctlSources {
         let mut config = BootConfig::default();
         let mut settings: Vec<Setting> = cmdline_settings(cmdline);
         let files = self.files(&mut config.problems);
-        let mut seen: Vec<PathBuf> = files
-            .iter()
-            .filter_map(|f| fs::canonicalize(f).ok())
-            .collect();
+        // Which files these are (device and inode, through any symlink): one stat each.
+        let identity = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+        };
+        let mut seen: Vec<(u64, u64)> = files.iter().filter_map(|f| identity(f)).collect();
         let mut sources: Vec<(PathBuf, Origin)> =
             files.into_iter().map(|f| (f, Origin::SysctlD)).collect();
         if let Some(conf) = &self.sysctl_conf {
             let conf = self.root.join(conf);
             // Debian links it from sysctl.d as 99-sysctl.conf: then it is already read.
-            match fs::canonicalize(&conf) {
-                Ok(real) if !seen.contains(&real) => {
+            match identity(&conf) {
+                Some(real) if !seen.contains(&real) => {
                     seen.push(real);
                     sources.push((conf, Origin::SysctlConf));
                 }

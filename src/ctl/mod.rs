@@ -342,8 +342,18 @@ fn print_json(value: &impl Serialize) -> Result<(), CtlError> {
     quiet_on_closed_pipe(std::io::stdout().lock().write_all(line.as_bytes()))
 }
 
+/// One write(2) for the whole text, its colours stripped where anstream would strip them.
 fn print_text(text: &str) -> Result<(), CtlError> {
-    let mut out = anstream::stdout().lock();
+    let stdout = std::io::stdout();
+    let stripped;
+    let text = match anstream::AutoStream::choice(&stdout) {
+        anstream::ColorChoice::Never => {
+            stripped = anstream::adapter::strip_str(text).to_string();
+            &stripped
+        }
+        _ => text,
+    };
+    let mut out = stdout.lock();
     quiet_on_closed_pipe(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
 }
 
