@@ -165,18 +165,47 @@ struct Record<'a> {
 
 /// The line of one record: `LEN CRC JSON\n`.
 pub fn encode_record(generation: u64, seq: u64, change: &JournalChange<'_>) -> Vec<u8> {
+    /// Room before the JSON for its header (20 digits, a space, 8 hex digits, a space).
+    const HEADER: usize = 30;
     let record = Record {
         generation,
         seq,
         change: change.clone(),
     };
+    let mut line = vec![b' '; HEADER];
+    line.reserve(512);
     // Plain structs, enums and strings: serializing cannot fail.
-    let json = serde_json::to_vec(&record).unwrap_or_default();
-    let mut line = Vec::with_capacity(json.len() + 20);
-    let _ = write!(line, "{} {:08x} ", json.len(), crc32fast::hash(&json));
-    line.extend_from_slice(&json);
+    let _ = serde_json::to_writer(&mut line, &record);
+    let json = &line[HEADER..];
+    let header = format!("{} {:08x} ", json.len(), crc32fast::hash(json));
     line.push(b'\n');
+    // The header right before the JSON, written in the room left for it; the rest cut off.
+    let start = HEADER - header.len();
+    line[start..HEADER].copy_from_slice(header.as_bytes());
+    line.drain(..start);
     line
+}
+
+/// One record read back from a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub generation: u64,
+    pub seq: u64,
+    pub change: JournalChange<'static>,
+    /// The bytes it takes, newline included.
+    pub length: usize,
+}
+
+/// Reads the record at the start of `bytes` (no I/O; what the fuzzer calls), or says why it
+/// is not a whole, good one.
+pub fn decode(bytes: &[u8]) -> Result<Decoded, &'static str> {
+    let (record, length) = decode_record(bytes)?;
+    Ok(Decoded {
+        generation: record.generation,
+        seq: record.seq,
+        change: record.change,
+        length,
+    })
 }
 
 /// Reads the record at the start of `bytes`: it and the bytes it takes, or why it is not one.

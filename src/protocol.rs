@@ -208,7 +208,7 @@ impl Reply {
     /// A success reply as one line, newline included, written straight from `result`: what
     /// `Reply::success(result).to_line()` says, without building a `Value` first.
     pub fn success_line(result: &impl Serialize) -> Vec<u8> {
-        let mut line = Vec::with_capacity(256);
+        let mut line = Vec::with_capacity(512);
         line.extend_from_slice(br#"{"v":1,"ok":true,"result":"#);
         match serde_json::to_writer(&mut line, result) {
             Ok(()) => {
