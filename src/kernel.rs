@@ -987,6 +987,80 @@ fn cgroup_memory_max(pid: i32) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// A writable copy of a fixture's proc tree.
+    fn tree() -> (tempfile::TempDir, ProcRoot) {
+        fn copy(from: &Path, to: &Path) {
+            fs::create_dir_all(to).unwrap();
+            for entry in fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    copy(&entry.path(), &to.join(entry.file_name()));
+                } else {
+                    fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+                }
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        copy(
+            Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/kernels/m1024-swap512-mode0/proc"
+            )),
+            tmp.path(),
+        );
+        let root = ProcRoot::new(tmp.path());
+        (tmp, root)
+    }
+
+    #[test]
+    fn kept_open_files_read_the_tree_and_write_as_the_kernel_would() {
+        let (_tmp, root) = tree();
+        let files = ProcFiles::open(root.clone());
+        assert_eq!(files.node().unwrap(), root.node().unwrap());
+        // A value changed in place is read through the descriptor kept open.
+        fs::write(root.knob_path(Knob::OvercommitMemory), "1\n").unwrap();
+        let mut tunables = root.read_tunables().unwrap();
+        tunables.overcommit_memory = Mode::Never;
+        files
+            .read_knobs(&[Knob::OvercommitMemory], &mut tunables)
+            .unwrap();
+        assert_eq!(tunables.overcommit_memory, Mode::Always);
+        // Writing one limit zeroes the other, and a shorter value leaves nothing behind.
+        files.write_knob(Knob::OvercommitKbytes, u64::MAX).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.knob_path(Knob::OvercommitRatio)).unwrap(),
+            "0\n"
+        );
+        files.write_knob(Knob::OvercommitRatio, 50).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.knob_path(Knob::OvercommitKbytes)).unwrap(),
+            "0\n"
+        );
+        assert_eq!(
+            files.read_tunables().unwrap(),
+            root.read_tunables().unwrap()
+        );
+        // What does not parse is an error naming the file.
+        fs::write(root.path().join("meminfo"), "garbage\n").unwrap();
+        let e = files.read_memory().unwrap_err();
+        assert!(e.to_string().contains("meminfo"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_opened_again_at_its_next_use() {
+        let (_tmp, root) = tree();
+        let knob = root.knob_path(Knob::Swappiness);
+        fs::remove_file(&knob).unwrap();
+        fs::create_dir(&knob).unwrap();
+        let files = ProcFiles::open(root.clone());
+        let e = files.read_tunables().unwrap_err();
+        assert!(e.to_string().contains("swappiness"), "{e}");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        fs::remove_dir(&knob).unwrap();
+        fs::write(&knob, "10\n").unwrap();
+        assert_eq!(files.read_tunables().unwrap().swappiness, 10);
+    }
+
     #[test]
     fn swaps_parse_and_unescape_paths() {
         let text = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n\
