@@ -107,6 +107,10 @@ pub trait Source<S> {
     fn evictable(&self) -> bool {
         false
     }
+    /// Whether its events go before the others' of the same round.
+    fn urgent(&self) -> bool {
+        false
+    }
 }
 
 /// The service the sources act on: its own deadline and what to do at it.
@@ -245,17 +249,30 @@ impl<S: Service> EventLoop<S> {
             let mut round = Round::default();
             let mut timer_fired = false;
             let now = boottime();
-            for event in &events[..count] {
-                if event.data() == TIMER {
-                    timer_fired = true;
-                    // Drain the expiration count; EAGAIN just means it was already read.
-                    let _ = self.timer.wait();
-                    continue;
+            // Urgent sources first (a lease holder's exit: its process's socket hangs up in
+            // the same round, and the baseline should not wait behind it), then the rest.
+            for urgent in [true, false] {
+                for event in &events[..count] {
+                    if event.data() == TIMER {
+                        if urgent {
+                            timer_fired = true;
+                            // Drain the expiration count; EAGAIN means it was already read.
+                            let _ = self.timer.wait();
+                        }
+                        continue;
+                    }
+                    let is_urgent = self
+                        .slots
+                        .get(&event.data())
+                        .is_some_and(|slot| slot.source.urgent());
+                    if is_urgent != urgent {
+                        continue;
+                    }
+                    let flags = event.events();
+                    self.dispatch(event.data(), service, now, &mut round, |source, cx| {
+                        source.ready(flags, cx)
+                    });
                 }
-                let flags = event.events();
-                self.dispatch(event.data(), service, now, &mut round, |source, cx| {
-                    source.ready(flags, cx)
-                });
             }
             // Sources that asked to run again, in the order they asked, once per round.
             for _ in 0..self.again.len() {

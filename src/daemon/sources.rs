@@ -482,6 +482,11 @@ impl Source<Server> for HolderWatch {
         cx.service.holder_exited(self.lease, cx.now);
         Keep::No
     }
+
+    /// A holder's exit puts the baseline back before anything else of its round is handled.
+    fn urgent(&self) -> bool {
+        true
+    }
 }
 
 /// SIGTERM/SIGINT stop the daemon, SIGHUP reloads its configuration.
