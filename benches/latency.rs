@@ -980,6 +980,7 @@ impl Bench {
                 leases: ids.len(),
             },
         );
+        predictor_speed();
         drop(conns);
         drop(gamemode);
         let _ = fs::remove_dir_all(&self.dir);
@@ -1268,6 +1269,29 @@ fn interleaved(n: usize, runs: &mut [Box<dyn FnMut() -> Duration + '_>]) -> Vec<
         }
     }
     samples
+}
+
+/// How long `check`'s predictor takes for one allocation (no anchor: for scale).
+fn predictor_speed() {
+    use overcommit::kernel::ProcRoot;
+    use overcommit::predict::{predict, Process, Verdict};
+    let node = ProcRoot::new(FIXTURE.replace("mode0", "mode2-ratio80"))
+        .node()
+        .unwrap();
+    let process = Process {
+        vm_size: Some(1 << 30),
+        ..Process::default()
+    };
+    let n = 1_000_000u64;
+    let start = Instant::now();
+    let allowed = (0..n)
+        .filter(|i| predict(&node, &process, i << 12).verdict == Verdict::Allowed)
+        .count();
+    println!();
+    println!(
+        "predictor: {:.0} ns per prediction ({allowed} of {n} allowed)",
+        start.elapsed().as_secs_f64() * 1e9 / n as f64
+    );
 }
 
 /// The ids in a daemon's `leases` reply.
