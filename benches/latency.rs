@@ -24,6 +24,9 @@
 //! to pin to; default the last), OVERCOMMIT_BENCH_REPEATS (default 3),
 //! OVERCOMMIT_BENCH_SCALE (a factor on the sample counts; default 1).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -168,19 +171,6 @@ fn fs_type(path: &Path) -> String {
         Ok(s) if s.filesystem_type() == nix::sys::statfs::EXT4_SUPER_MAGIC => "ext4".into(),
         Ok(s) => format!("fs type {:#x}", s.filesystem_type().0),
         Err(e) => format!("unknown ({e})"),
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 
@@ -333,7 +323,7 @@ struct Daemon {
 impl Daemon {
     fn start(name: &str, dir: &Path) -> Daemon {
         let dir = dir.join(name);
-        copy_dir(Path::new(FIXTURE), &dir.join("proc"));
+        common::copy_dir(Path::new(FIXTURE), &dir.join("proc"));
         fs::write(dir.join("overcommitd.toml"), CONFIG).unwrap();
         let log = fs::File::create(dir.join("daemon.log")).unwrap();
         let mut child = Command::new(DAEMON)
@@ -790,9 +780,9 @@ impl Bench {
         let loaded = Daemon::start("loaded", &self.dir);
         let disk = Daemon::start("disk", &self.disk);
         let knobs = self.dir.join("anchor-proc");
-        copy_dir(Path::new(FIXTURE), &knobs);
+        common::copy_dir(Path::new(FIXTURE), &knobs);
         let disk_knobs = self.disk.join("anchor-proc");
-        copy_dir(Path::new(FIXTURE), &disk_knobs);
+        common::copy_dir(Path::new(FIXTURE), &disk_knobs);
         let echo = anchor(
             "echo",
             &[&self.dir.join("echo.sock"), &self.dir.join("echo.out")],

@@ -271,16 +271,7 @@ pub trait Kernel {
 
     /// All eight vm knobs.
     fn read_tunables(&self) -> Result<Tunables, KernelError> {
-        let mut tunables = Tunables {
-            overcommit_memory: Mode::Heuristic,
-            overcommit_ratio: 0,
-            overcommit_kbytes: 0,
-            admin_reserve_kbytes: 0,
-            user_reserve_kbytes: 0,
-            max_map_count: 0,
-            swappiness: 0,
-            nr_hugepages: 0,
-        };
+        let mut tunables = Tunables::unread(Mode::Heuristic);
         self.read_knobs(&Knob::ALL, &mut tunables)?;
         Ok(tunables)
     }
@@ -386,7 +377,8 @@ impl ProcFiles {
         let mut slot = slot.borrow_mut();
         let file = match slot.take() {
             Some(file) => file,
-            None => open_kept(&path(), write)?,
+            // Kept, and so not truncated at open: a test tree's file keeps its value.
+            None => open_checked(&path(), write, false)?,
         };
         let result = use_file(&file);
         if result.is_ok() {
@@ -443,23 +435,6 @@ impl ProcFiles {
             source,
         })
     }
-}
-
-/// Opens a kernel file to keep: without blocking, regular files only.
-fn open_kept(path: &Path, write: bool) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok(file)
 }
 
 impl Kernel for ProcFiles {
@@ -607,11 +582,15 @@ const MAX_KERNEL_FILE: u64 = 1 << 20;
 /// Opens a kernel file without blocking and refuses anything but a regular file (procfs files
 /// are regular; a FIFO or device planted in a test tree must not hang the daemon).
 pub fn open_regular(path: &Path, write: bool) -> io::Result<fs::File> {
+    open_checked(path, write, write)
+}
+
+fn open_checked(path: &Path, write: bool, truncate: bool) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
         .read(!write)
         .write(write)
-        .truncate(write)
+        .truncate(truncate)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
     if !file.metadata()?.file_type().is_file() {

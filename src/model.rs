@@ -216,6 +216,20 @@ pub struct Tunables {
 }
 
 impl Tunables {
+    /// `mode` and every other knob 0: what knobs are read into, one at a time.
+    pub fn unread(mode: Mode) -> Tunables {
+        Tunables {
+            overcommit_memory: mode,
+            overcommit_ratio: 0,
+            overcommit_kbytes: 0,
+            admin_reserve_kbytes: 0,
+            user_reserve_kbytes: 0,
+            max_map_count: 0,
+            swappiness: 0,
+            nr_hugepages: 0,
+        }
+    }
+
     /// The limit in force: kbytes when non-zero, else the ratio (even an invalid one).
     pub fn limit_in_force(&self) -> RawLimit {
         if self.overcommit_kbytes != 0 {

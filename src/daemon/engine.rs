@@ -494,16 +494,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     /// no memory, on which kbytes order and ratios tie.
     fn ordering_node(&self) -> Node {
         self.last_node.clone().unwrap_or_else(|| Node {
-            tunables: Tunables {
-                overcommit_memory: self.boot.mode,
-                overcommit_ratio: 0,
-                overcommit_kbytes: 0,
-                admin_reserve_kbytes: 0,
-                user_reserve_kbytes: 0,
-                max_map_count: 0,
-                swappiness: 0,
-                nr_hugepages: 0,
-            },
+            tunables: Tunables::unread(self.boot.mode),
             memory: Default::default(),
             kernel: None,
             nr_cpus: 1,

@@ -622,25 +622,26 @@ fn each_change_is_one_record_and_the_journal_is_compacted_after_the_replies() {
     assert_eq!(journal.saved.borrow().as_ref().unwrap().leases.len(), 3);
 }
 
+/// Read calls in all and of meminfo alone since `before`, and the counts now.
+fn reads_since(engine: &TestEngine, before: (u32, u32)) -> ((u32, u32), (u32, u32)) {
+    let kernel = engine.kernel();
+    let now = (kernel.reads.get(), kernel.memory_reads.get());
+    ((now.0 - before.0, now.1 - before.1), now)
+}
+
 #[test]
 fn a_decision_reads_the_kernel_once_and_memory_only_while_mode_never_is_in_play() {
     let mut engine = start(CONFIG);
-    let kernel = engine.kernel();
-    let (reads, memory) = (kernel.reads.get(), kernel.memory_reads.get());
+    let (_, counts) = reads_since(&engine, (0, 0));
     let id = lease(&mut engine, &root(), Mode::Always, 3600, T0);
-    let kernel = engine.kernel();
+    let (delta, _) = reads_since(&engine, counts);
     assert_eq!(
-        (
-            kernel.reads.get() - reads,
-            kernel.memory_reads.get() - memory
-        ),
+        delta,
         (2, 0),
         "the policy knobs before the write and read back after it"
     );
     engine.release(actor(&root()), Some(id), None, T0).unwrap();
-    let kernel = engine.kernel();
-    let (reads, memory) = (kernel.reads.get(), kernel.memory_reads.get());
-    let request = LeaseRequest {
+    let never90 = LeaseRequest {
         policy: PolicyRequest {
             mode: Mode::Never,
             ratio: Some(90),
@@ -648,33 +649,16 @@ fn a_decision_reads_the_kernel_once_and_memory_only_while_mode_never_is_in_play(
         },
         ..lease_request(Mode::Never, 60, None, None)
     };
-    let writes = engine.kernel().writes.get();
-    let ask = engine.authorize(&root(), request.clone()).unwrap();
-    engine.grant(actor(&root()), ask, None, T0).unwrap();
-    let kernel = engine.kernel();
-    assert_eq!(
-        (
-            kernel.reads.get() - reads,
-            kernel.memory_reads.get() - memory
-        ),
-        (1, 0),
-        "any mode beats never: memory does not matter, and nothing is written"
-    );
-    assert_eq!(kernel.writes.get(), writes);
+    // On the heuristic baseline a never lease changes nothing: memory does not matter.
     // On a mode-never baseline the guard reads meminfo, once per decision.
-    let mut engine = start(&CONFIG.replace("baseline = \"default\"", "baseline = \"strict\""));
-    let kernel = engine.kernel();
-    let (reads, memory) = (kernel.reads.get(), kernel.memory_reads.get());
-    let ask = engine.authorize(&root(), request.clone()).unwrap();
-    engine.grant(actor(&root()), ask, None, T0).unwrap();
-    let kernel = engine.kernel();
-    assert_eq!(
-        (
-            kernel.reads.get() - reads,
-            kernel.memory_reads.get() - memory
-        ),
-        (4, 1),
-        "knobs, reserves, meminfo, and the read-back of the write"
-    );
-    assert_eq!(kernel.tunables().overcommit_ratio, 90);
+    let strict = CONFIG.replace("baseline = \"default\"", "baseline = \"strict\"");
+    for (mut engine, expected, writes) in [(engine, (1, 0), 0), (start(&strict), (4, 1), 1)] {
+        let (_, counts) = reads_since(&engine, (0, 0));
+        let written = engine.kernel().writes.get();
+        let ask = engine.authorize(&root(), never90.clone()).unwrap();
+        engine.grant(actor(&root()), ask, None, T0).unwrap();
+        let (delta, _) = reads_since(&engine, counts);
+        assert_eq!(delta, expected, "knobs (, reserves, meminfo, read-back)");
+        assert_eq!(engine.kernel().writes.get() - written, writes);
+    }
 }
