@@ -77,7 +77,8 @@ SIGTERM and SIGINT end all leases, leave the baseline in force and exit.
 
 Files: /etc/overcommitd/overcommitd.toml and /etc/overcommitd/profiles.d/*.toml (configuration);
 /run/overcommitd/overcommitd.sock (socket; or passed by systemd, LISTEN_FDS);
-/run/overcommitd/state.json (journal of baseline and leases, re-read after a restart).
+/run/overcommitd/state.json and journal.log (journal of baseline and leases: a snapshot and the
+changes since, re-read after a restart).
 
 Exit status: 0 stopped cleanly or configuration valid; 1 could not start; 2 invalid configuration.
 
