@@ -395,6 +395,26 @@ pub struct DaemonStatus {
     /// The journal could not be saved; retried with the kernel writes.
     #[serde(default)]
     pub journal_error: Option<String>,
+    /// At its first start in this boot, with no baseline configured, the daemon found the
+    /// kernel holding something other than the boot policy, and kept it or put it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_at_start: Option<FoundAtStart>,
+}
+
+/// What the first start in a boot found in the kernel, and what it did with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundAtStart {
+    pub kernel: KernelPolicy,
+    pub action: FoundAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundAction {
+    /// No more permissive than the boot policy: kept as the baseline `found`.
+    Kept,
+    /// More permissive (possibly a lease's): the boot policy was put back.
+    Replaced,
 }
 
 /// A kernel write the daemon is retrying until the kernel holds what the lease table says.

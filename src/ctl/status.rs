@@ -168,6 +168,7 @@ impl StatusReport {
                 command: None,
             });
         }
+        report_findings.extend(daemon.as_ref().and_then(found_at_start_finding));
         report_findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         let mut report = StatusReport::new(
             &node,
@@ -610,5 +611,37 @@ fn mode_summary(mode: Mode) -> &'static str {
         Mode::Heuristic => "one request may not exceed MemTotal + SwapTotal",
         Mode::Always => "every request succeeds; pages are taken when touched",
         Mode::Never => "all commitments together stay below CommitLimit",
+    }
+}
+
+/// What overcommitd's first start in this boot found in the kernel, when the configuration
+/// names no baseline and it was not the node's boot policy: kept (lost at the next boot), or
+/// put back because it was more permissive (it could have been a lease's).
+fn found_at_start_finding(daemon: &DaemonStatus) -> Option<Finding> {
+    use crate::protocol::FoundAction;
+    let boot = daemon.found?;
+    let kept = daemon.baseline.name == crate::daemon::engine::FOUND;
+    let advice = "to keep a policy across boots, set it in /etc/sysctl.d/ or name a profile as `baseline` in overcommitd.toml (then `systemctl reload overcommitd`)";
+    match daemon.found_at_start.as_ref().map(|f| (f.action, f.kernel)) {
+        Some((FoundAction::Replaced, found)) => Some(Finding {
+            severity: Severity::Warning,
+            code: "boot_policy_restored",
+            message: format!(
+                "at its first start in this boot overcommitd found {found}, more permissive than the node's boot policy {boot}, and put the boot policy back (with no journal it cannot tell a run-time sysctl from a lease left behind)"
+            ),
+            advice: advice.into(),
+            command: None,
+        }),
+        _ if kept => Some(Finding {
+            severity: Severity::Warning,
+            code: "baseline_found",
+            message: format!(
+                "overcommitd keeps {} as its baseline: the kernel held it when overcommitd first started in this boot, set at run time; the node's boot policy is {boot}, which the next boot brings back",
+                daemon.baseline.policy
+            ),
+            advice: advice.into(),
+            command: None,
+        }),
+        _ => None,
     }
 }
