@@ -110,7 +110,7 @@ fn the_shipped_configuration_and_profiles_are_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        out.contains("valid (5 profiles, 1 access rules, baseline default)"),
+        out.contains("valid (5 profiles, 1 access rules, baseline the node's boot policy)"),
         "{out}"
     );
     let (code, out, _) = run(common::ctl()
