@@ -106,6 +106,100 @@ fn parse_mode(text: &str) -> Result<Mode, String> {
         .map_err(|e: crate::model::ModeError| e.to_string())
 }
 
+/// Parses a mode like [`parse_mode`] and offers the mode names to shell completions (the
+/// numbers are accepted too, but not offered).
+#[derive(Clone)]
+struct ModeParser;
+
+impl clap::builder::TypedValueParser for ModeParser {
+    type Value = Mode;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Mode, clap::Error> {
+        let parse: fn(&str) -> Result<Mode, String> = parse_mode;
+        clap::builder::TypedValueParser::parse_ref(&parse, cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            [Mode::Heuristic, Mode::Always, Mode::Never]
+                .into_iter()
+                .map(|m| clap::builder::PossibleValue::new(m.name())),
+        ))
+    }
+}
+
+/// Any dtype string (checked by [`crate::dtype`]); the common ones are offered to shell
+/// completions.
+#[derive(Clone)]
+struct DtypeHints;
+
+/// The dtypes offered to completions: NumPy's names and their one-letter codes.
+const COMMON_DTYPES: &[&str] = &[
+    "float64",
+    "float32",
+    "float16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint64",
+    "uint32",
+    "uint16",
+    "uint8",
+    "complex128",
+    "complex64",
+    "bool",
+    "object",
+    "f8",
+    "f4",
+    "f2",
+    "i8",
+    "i4",
+    "i2",
+    "i1",
+    "u8",
+    "u4",
+    "u2",
+    "u1",
+    "c16",
+    "c8",
+    "datetime64[ns]",
+    "timedelta64[ns]",
+];
+
+impl clap::builder::TypedValueParser for DtypeHints {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        value
+            .to_str()
+            .map(String::from)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            COMMON_DTYPES
+                .iter()
+                .map(|d| clap::builder::PossibleValue::new(*d)),
+        ))
+    }
+}
+
 fn parse_ratio(text: &str) -> Result<u32, String> {
     not_an_option(text)?;
     match text.trim().trim_end_matches('%').parse::<i64>() {
@@ -224,6 +318,22 @@ pub struct GlobalArgs {
     /// Print one JSON object (docs/json.md) with exact figures instead of text; errors too.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long to wait for overcommitd, to connect and for each reply (e.g. 5s); a daemon
+    /// that does not answer in time counts as unreachable (exit 3).
+    #[arg(long, global = true, value_name = "DURATION", env = "OVERCOMMIT_TIMEOUT", value_parser = parse_timeout, default_value = "30s")]
+    pub timeout: Duration,
+}
+
+/// A client timeout: from 1 ms to an hour.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    not_an_option(text)?;
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("timeout `{text}` is not a duration ({e}): expected e.g. 500ms, 5s, 1m")
+    })?;
+    if duration < Duration::from_millis(1) || duration > Duration::from_secs(3600) {
+        return Err(format!("timeout `{text}` is out of range: from 1ms to 1h"));
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,7 +350,7 @@ pub enum CtlCommand {
     /// Compare the kernel with a profile (default: what the daemon or the config expects).
     Verify(VerifyArgs),
     /// List the profiles (those overcommitd has loaded when it runs).
-    Profiles,
+    Profiles(ProfilesArgs),
     /// Run CMD with overcommit for CMD alone (job scope) or under a node-wide lease that ends
     /// when CMD ends, however it ends.
     Run(RunArgs),
@@ -304,7 +414,7 @@ pub struct CheckArgs {
     pub shape: Option<String>,
     /// The array's dtype, with --shape (any np.dtype string: float64, f8, int32, u1, complex128,
     /// object, datetime64[ns], U10, S, ...) [default: float64].
-    #[arg(long, value_name = "DTYPE")]
+    #[arg(long, value_name = "DTYPE", value_parser = DtypeHints, hide_possible_values = true)]
     pub dtype: Option<String>,
     /// How the program allocates: malloc (glibc's malloc or calloc, as NumPy does) or one mmap.
     #[arg(long, value_enum, value_name = "HOW", default_value = "malloc")]
@@ -364,7 +474,7 @@ pub enum Scope {
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Overcommit mode: heuristic (0), always (1) or never (2).
-    #[arg(long, value_name = "MODE", value_parser = parse_mode, allow_hyphen_values = true)]
+    #[arg(long, value_name = "MODE", value_parser = ModeParser, hide_possible_values = true, allow_hyphen_values = true)]
     pub mode: Option<Mode>,
     /// Mode-never limit as a percentage of RAM (0..=100); mode never only.
     #[arg(long, value_name = "PERCENT", value_parser = parse_ratio, conflicts_with = "kbytes", allow_hyphen_values = true)]
@@ -377,7 +487,7 @@ pub struct PolicyArgs {
 #[derive(Debug, Args)]
 pub struct SetArgs {
     /// heuristic (0), always (1) or never (2).
-    #[arg(value_parser = parse_mode, allow_hyphen_values = true)]
+    #[arg(value_parser = ModeParser, hide_possible_values = true, allow_hyphen_values = true)]
     pub mode: Mode,
     /// Mode-never limit as a percentage of RAM (0..=100).
     #[arg(long, value_name = "PERCENT", value_parser = parse_ratio, conflicts_with = "kbytes", allow_hyphen_values = true)]
@@ -407,6 +517,13 @@ pub struct ApplyArgs {
     /// answer (it will not know; the lockout guard still applies).
     #[arg(long)]
     pub direct: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    /// Only the names, one per line (for scripts and shell completion).
+    #[arg(long, conflicts_with = "json")]
+    pub names: bool,
 }
 
 #[derive(Debug, Args)]

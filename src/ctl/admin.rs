@@ -820,8 +820,17 @@ struct ProfilesReport<'a> {
 }
 
 /// `profiles`: the profiles (as the daemon has them loaded when it runs).
-pub fn profiles(globals: &Globals) -> Result<u8, CtlError> {
+pub fn profiles(globals: &Globals, names: bool) -> Result<u8, CtlError> {
     let loaded = loaded_profiles(globals, Ask::Profiles)?;
+    if names {
+        let mut text = String::new();
+        for p in &loaded.profiles {
+            text.push_str(&p.name);
+            text.push('\n');
+        }
+        print_text(&text)?;
+        return Ok(0);
+    }
     if globals.json {
         print_json(&ProfilesReport {
             source: loaded.source,

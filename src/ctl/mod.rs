@@ -123,6 +123,7 @@ impl CtlError {
 fn client_code(error: &ClientError) -> String {
     match error {
         ClientError::Unreachable { .. } => "unreachable".into(),
+        ClientError::Timeout { .. } => "timeout".into(),
         ClientError::Io(_) | ClientError::BadReply(_) => "protocol".into(),
         ClientError::Daemon { code, .. } => client::code_name(*code),
     }
@@ -284,6 +285,7 @@ fn output_format(json: bool, format: StatusFormat) -> Result<StatusFormat, CtlEr
 /// Runs one `overcommitctl` invocation; returns the process exit code.
 pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
     let globals = &cli.global;
+    client::set_timeout(globals.timeout);
     let json = globals.json;
     match cli.command {
         CtlCommand::Status(args) => {
@@ -328,7 +330,7 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
         CtlCommand::Apply(args) if args.check => admin::apply_check(globals, &args.profile),
         CtlCommand::Apply(args) => admin::apply(globals, &args.profile, args.force, args.direct),
         CtlCommand::Verify(args) => admin::verify(globals, args.profile.as_deref()),
-        CtlCommand::Profiles => admin::profiles(globals),
+        CtlCommand::Profiles(args) => admin::profiles(globals, args.names),
         CtlCommand::Run(args) => Ok(run::run(globals, &args)),
         CtlCommand::Lease(args) => lease::lease(globals, &args.lease),
         CtlCommand::Release(args) => lease::release(globals, args.id, args.tag),
