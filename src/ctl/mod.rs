@@ -6,6 +6,7 @@ mod admin;
 mod check;
 mod lease;
 pub mod overcommitd;
+mod prometheus;
 mod run;
 mod status;
 pub mod top;
@@ -22,7 +23,7 @@ use crate::client::{self, ClientError};
 use crate::config::ConfigError;
 use crate::kernel::{KernelError, ProcRoot};
 use crate::model::{LimitError, LockoutRisk};
-use crate::protocol::PolicyRequest;
+use crate::protocol::{PolicyRequest, Request};
 use crate::sysctl_d::SysctlSources;
 
 pub use check::CheckReport;
@@ -301,7 +302,16 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
                 _ if args.short => print_text(&report.short())?,
                 StatusFormat::Json => print_json(&report)?,
                 StatusFormat::Text => print_text(&report.render())?,
-                StatusFormat::Prometheus => print_text(&report.prometheus())?,
+                StatusFormat::Prometheus => {
+                    // The leases too, when the daemon answered (one more request).
+                    let leases = report
+                        .daemon
+                        .as_ref()
+                        .and_then(|_| client::call(&globals.socket, &Request::Leases).ok());
+                    print_text(&report.prometheus(leases.as_ref(), |jobs| {
+                        prometheus::slurm_job_processes(std::path::Path::new("/proc"), jobs)
+                    }))?
+                }
             }
             Ok(report.exit_code())
         }
