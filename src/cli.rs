@@ -637,6 +637,10 @@ pub struct DaemonCli {
     /// Validate the configuration and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,
+    /// With --check-config: read the profiles from DIR instead of profiles.d beside --config
+    /// (to check a candidate file written elsewhere, such as Ansible's `validate:` copy).
+    #[arg(long, value_name = "DIR", requires = "check_config")]
+    pub profiles_dir: Option<PathBuf>,
     /// Where to log: journald when stderr is connected to it, else syslog, else stderr.
     #[arg(long, value_enum, default_value = "auto")]
     pub log: crate::logging::LogTarget,
