@@ -528,7 +528,17 @@ pub struct ProfilesArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Compare with this profile. While leases are live, the daemon's baseline must be it and
+    /// the kernel what it and the leases make (the leases are listed); see --strict.
     pub profile: Option<String>,
+    /// With PROFILE: compare the kernel itself with the profile, whatever leases hold.
+    #[arg(long, requires = "profile")]
+    pub strict: bool,
+    /// Without PROFILE: where to remember the drift already reported, so that drift the daemon
+    /// found and enforced since the last verify is reported once ("none": do not). Default
+    /// for root: /run/overcommit/verify-drift. Not used with PROFILE.
+    #[arg(long, value_name = "FILE", env = "OVERCOMMIT_DRIFT_STATE")]
+    pub drift_state: Option<PathBuf>,
 }
 
 /// Options of a lease request.

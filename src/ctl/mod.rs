@@ -61,6 +61,11 @@ pub enum CtlError {
         expected: Vec<Expectation>,
         source: ClientError,
     },
+    #[error("{source}; overcommitd is expected on this node ({}) but does not answer: the node's policy is not being kept (no leases, no drift correction). `systemctl status overcommitd`", overcommitd::describe(expected))]
+    DaemonSilent {
+        expected: Vec<Expectation>,
+        source: ClientError,
+    },
     #[error("no profile `{name}` (known: {known}){note}")]
     NoProfile {
         name: String,
@@ -85,7 +90,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Client(e) => e.exit_code(),
-            CtlError::DaemonExpected { .. } => 3,
+            CtlError::DaemonExpected { .. } | CtlError::DaemonSilent { .. } => 3,
             CtlError::Unsafe(_) => 1,
             CtlError::Kernel(KernelError::Write { .. } | KernelError::ReadBack { .. }) => 1,
             CtlError::Kernel(_)
@@ -104,7 +109,7 @@ impl CtlError {
     /// The stable code of `{"error": {"code": ...}}` (docs/json.md).
     pub fn code(&self) -> String {
         let code = match self {
-            CtlError::DaemonExpected { .. } => "unreachable",
+            CtlError::DaemonExpected { .. } | CtlError::DaemonSilent { .. } => "unreachable",
             CtlError::Client(e) => return client_code(e),
             CtlError::Kernel(KernelError::Write { .. } | KernelError::ReadBack { .. }) => "kernel",
             CtlError::Kernel(_) => "proc",
@@ -339,7 +344,12 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
         }
         CtlCommand::Apply(args) if args.check => admin::apply_check(globals, &args.profile),
         CtlCommand::Apply(args) => admin::apply(globals, &args.profile, args.force, args.direct),
-        CtlCommand::Verify(args) => admin::verify(globals, args.profile.as_deref()),
+        CtlCommand::Verify(args) => admin::verify(
+            globals,
+            args.profile.as_deref(),
+            args.strict,
+            args.drift_state.as_deref(),
+        ),
         CtlCommand::Profiles(args) => admin::profiles(globals, args.names),
         CtlCommand::Run(args) => Ok(run::run(globals, &args)),
         CtlCommand::Lease(args) => lease::lease(globals, &args.lease),

@@ -63,6 +63,8 @@ pub fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
         "OVERCOMMIT_SYSCTL_ROOT",
         "OVERCOMMIT_SOCKET",
         "OVERCOMMIT_CONFIG",
+        "OVERCOMMIT_DRIFT_STATE",
+        "OVERCOMMIT_TIMEOUT",
         "CLICOLOR_FORCE",
         "NO_COLOR",
     ] {
@@ -257,7 +259,8 @@ impl Daemon {
         command
             .env("OVERCOMMIT_SOCKET", self.socket())
             .env("OVERCOMMIT_PROC_ROOT", self.path("proc"))
-            .env("OVERCOMMIT_CONFIG", self.path("etc/overcommitd.toml"));
+            .env("OVERCOMMIT_CONFIG", self.path("etc/overcommitd.toml"))
+            .env("OVERCOMMIT_DRIFT_STATE", self.path("verify-drift"));
         command
     }
 
