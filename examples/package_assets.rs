@@ -28,6 +28,7 @@ const CTL_FILES: &[(&str, &str)] = &[
     ("/run/overcommit/verify-drift", "verify's record of the drift events it has reported (root; --drift-state)"),
     ("/proc/sys/vm/overcommit_memory, overcommit_ratio, overcommit_kbytes", "the policy, read (and written by set/apply --direct) under --proc-root"),
     ("/etc/sysctl.d/*.conf, /etc/sysctl.conf", "the boot policy status reports (under --sysctl-root)"),
+    ("/usr/lib/overcommit/libovercommit_preload.so", "the job scope's preload library (run --scope job), when none is beside overcommitctl"),
     ("/usr/share/doc/overcommit/json.md", "the --json objects; their JSON Schemas are in schema/ beside it"),
 ];
 
@@ -78,9 +79,10 @@ fn exit_status(page: &str) -> &'static [(&'static str, &'static str)] {
             ("3", "overcommitd does not answer"),
         ],
         "run" => &[
-            ("N", "the command's exit status"),
-            ("1", "the lease was denied (the command was not run)"),
-            ("3", "overcommitd does not answer (the command was not run)"),
+            ("N", "the command's exit status, or 128+N when signal N ended it"),
+            ("125", "run's own failure, the command not run: bad usage, the job scope impossible, the lease refused, overcommitd unreachable"),
+            ("126", "the command was found but cannot be executed"),
+            ("127", "the command was not found"),
         ],
         _ => &[
             ("0", "ok, allowed, in line"),
@@ -124,7 +126,10 @@ fn examples(page: &str) -> &'static [(&'static str, &'static str)] {
             ("overcommitctl verify hpc\\-strict \\-\\-strict", "the kernel itself against the profile"),
         ],
         "profiles" => &[("overcommitctl profiles \\-\\-names", "one name per line")],
-        "run" => &[("overcommitctl run \\-\\-mode always \\-\\- python3 job.py", "a lease for the life of the command")],
+        "run" => &[
+            ("overcommitctl run \\-\\- python3 job.py", "this job only when the kernel and the program allow it (job scope), else a lease"),
+            ("overcommitctl run \\-\\-scope node \\-\\-mode always \\-\\- python3 job.py", "a node\\-wide lease for the life of the command"),
+        ],
         "lease" => &[
             ("overcommitctl lease \\-\\-mode always \\-\\-ttl 12h \\-\\-tag slurm\\-$SLURM_JOB_ID", "a prolog's lease"),
             ("overcommitctl \\-\\-timeout 5s lease \\-\\-for\\-uid 1000 \\-\\-ttl\\-slurm 08:00:00 \\-\\-tag slurm\\-42", "root, on behalf of a job's user, for its Slurm time limit"),
@@ -187,7 +192,14 @@ fn environment(cmd: &Command) -> Vec<(String, String)> {
 
 /// EXIT STATUS, ENVIRONMENT, FILES, EXAMPLES and SEE ALSO, in roff.
 fn closing_sections(page: &str, cmd: &Command) -> String {
-    let mut roff = String::from(".SH \"EXIT STATUS\"\n");
+    let mut roff = String::new();
+    if page == "overcommitd" {
+        roff.push_str(
+            ".SH SIGNALS\n.TP\n.B SIGHUP\nreload the configuration; a broken one is refused and the running one stays\n\
+             .TP\n.B SIGTERM, SIGINT\nend every lease, leave the baseline in force, and exit\n",
+        );
+    }
+    roff.push_str(".SH \"EXIT STATUS\"\n");
     for (code, meaning) in exit_status(page) {
         let _ = writeln!(roff, ".TP\n.B {code}\n{}", roff_plain(meaning));
     }
@@ -276,10 +288,7 @@ fn page(cmd: &Command, section: &str, page_name: &str, notes: bool) -> std::io::
 fn with_value_hints(cmd: Command) -> Command {
     let ids: Vec<(clap::Id, ValueHint)> = cmd
         .get_arguments()
-        .filter(|a| {
-            a.get_value_hint() == ValueHint::Unknown
-                && a.get_num_args().is_none_or(|n| n.takes_values())
-        })
+        .filter(|a| a.get_value_hint() == ValueHint::Unknown && a.get_action().takes_values())
         .map(|a| {
             let name = a
                 .get_value_names()
@@ -341,9 +350,21 @@ fn complete_profiles(shell: Shell, script: String) -> String {
             let helper = format!(
                 "(( $+functions[_overcommitctl_profiles] )) ||\n_overcommitctl_profiles() {{\n    local -a profiles\n    profiles=(${{(f)\"$(_call_program profiles {NAMES})\"}})\n    _describe -t profiles 'profile' profiles\n}}\n\n"
             );
-            let script = script
-                .replace("':profile:_default'", "':profile:_overcommitctl_profiles'")
-                .replace("'::profile:_default'", "'::profile:_overcommitctl_profiles'");
+            // The PROFILE positionals (`':profile:'`, `'::profile -- HELP:'`) get the helper as
+            // their action.
+            let script: String = script
+                .lines()
+                .map(|line| {
+                    let spec = line.trim_start();
+                    let profile = spec.starts_with("':profile") || spec.starts_with("'::profile");
+                    match line.strip_suffix(":' \\") {
+                        Some(head) if profile => {
+                            format!("{head}:_overcommitctl_profiles' \\\n")
+                        }
+                        _ => format!("{line}\n"),
+                    }
+                })
+                .collect();
             match script.rfind("if [ \"$funcstack[1]\" = \"_overcommitctl\" ]") {
                 Some(at) => format!("{}{helper}{}", &script[..at], &script[at..]),
                 None => format!("{script}\n{helper}"),

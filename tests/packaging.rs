@@ -145,7 +145,7 @@ fn example(name: &str) -> PathBuf {
 }
 
 #[test]
-fn man_pages_and_completions_are_generated_from_the_cli_definitions() {
+fn man_pages_have_the_sections_a_sysadmin_looks_for_and_render_cleanly() {
     let out = tempfile::tempdir().unwrap();
     let (code, _, err) = run(Command::new(example("package_assets")).arg(out.path()));
     assert_eq!(code, 0, "{err}");
@@ -154,33 +154,156 @@ fn man_pages_and_completions_are_generated_from_the_cli_definitions() {
     };
     let ctl = read("man/overcommitctl.1");
     assert!(
-        ctl.starts_with(".ie") || ctl.contains(".TH overcommitctl 1"),
+        ctl.contains(".TH overcommitctl 1"),
         "{}",
         &ctl[..200.min(ctl.len())]
     );
-    for sub in [
-        "status", "check", "run", "lease", "release", "leases", "set", "apply", "verify",
+    let subcommands = [
+        "status", "check", "top", "run", "lease", "release", "leases", "set", "apply", "verify",
         "profiles",
-    ] {
+    ];
+    let mut pages = vec![
+        "man/overcommitctl.1".to_string(),
+        "man/overcommitd.8".into(),
+    ];
+    for sub in subcommands {
         assert!(ctl.contains(sub), "overcommitctl.1 lacks {sub}");
-        assert!(
-            out.path()
-                .join(format!("man/overcommitctl-{sub}.1"))
-                .exists(),
-            "no page for {sub}"
-        );
+        pages.push(format!("man/overcommitctl-{sub}.1"));
     }
-    assert!(read("man/overcommitctl-check.1").contains("shape"));
+    for page in &pages {
+        let text = read(page);
+        for section in [
+            ".SH \"EXIT STATUS\"",
+            ".SH ENVIRONMENT",
+            ".SH FILES",
+            ".SH EXAMPLES",
+            ".SH \"SEE ALSO\"",
+        ] {
+            assert!(text.contains(section), "{page} lacks {section}");
+        }
+    }
+    assert!(read("man/overcommitctl-status.1").contains("OVERCOMMIT_PROC_ROOT"));
+    assert!(read("man/overcommitctl-run.1").contains(".B 125"));
     let daemon = read("man/overcommitd.8");
     assert!(
         daemon.contains(".TH overcommitd 8")
             && daemon.contains("check\\-config")
-            && daemon.contains("SIGHUP")
+            && daemon.contains("profiles\\-dir")
+            && daemon.contains(".B SIGHUP")
     );
-    assert!(read("man/overcommitd.toml.5").contains(".TH OVERCOMMITD.TOML 5"));
-    assert!(read("completions/overcommitctl").contains("--shape"));
-    assert!(read("completions/_overcommitctl").contains("#compdef overcommitctl"));
-    assert!(read("completions/overcommitctl.fish").contains("complete -c overcommitctl"));
+    let toml = read("man/overcommitd.toml.5");
+    for section in [".SH FILES", ".SH EXAMPLES", ".SH \"SEE ALSO\""] {
+        assert!(toml.contains(section), "overcommitd.toml.5 lacks {section}");
+    }
+    // man itself renders every page without a warning.
+    for page in pages.iter().chain([&"man/overcommitd.toml.5".to_string()]) {
+        let output = Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l"])
+            .arg(out.path().join(page))
+            .env("MANWIDTH", "80")
+            .env("LC_ALL", "C.UTF-8")
+            .output();
+        match output {
+            Ok(o) => {
+                let warnings = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    o.status.success() && warnings.trim().is_empty(),
+                    "{page}: {warnings}"
+                );
+                assert!(o.stdout.len() > 500, "{page} renders to nothing");
+            }
+            Err(e) => {
+                return common::skip::skip(&format!(
+                    "man cannot run ({e}): apt-get install man-db groff-base"
+                ))
+            }
+        }
+    }
+}
+
+/// What bash completes for the words of `line` (the last one being completed), with the
+/// packaged completion script and the built overcommitctl first in PATH.
+fn bash_completions(script: &Path, line: &[&str]) -> Vec<String> {
+    let ctl_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
+        .parent()
+        .unwrap();
+    let words: Vec<String> = line.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={}\n_overcommitctl overcommitctl '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        words.join(" "),
+        line.len() - 1,
+        line[line.len() - 1],
+        line[line.len() - 2],
+    );
+    let (code, out, err) = run(common::clean("/bin/bash")
+        .args(["--norc", "-c", &program])
+        .env("PATH", format!("{}:/usr/bin:/bin", ctl_dir.display()))
+        .env(
+            "OVERCOMMIT_CONFIG",
+            repo().join("etc/overcommitd/overcommitd.toml"),
+        )
+        .env("OVERCOMMIT_SOCKET", "/nonexistent/overcommitd.sock"));
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(String::from).collect()
+}
+
+#[test]
+fn completions_offer_modes_profiles_and_dtypes_and_files_only_for_paths() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(Command::new(example("package_assets")).arg(out.path()));
+    assert_eq!(code, 0, "{err}");
+    let bash = out.path().join("completions/overcommitctl");
+    let modes = bash_completions(&bash, &["overcommitctl", "check", "--mode", ""]);
+    assert_eq!(modes, ["heuristic", "always", "never"]);
+    assert_eq!(
+        bash_completions(&bash, &["overcommitctl", "set", "n"]),
+        ["never"],
+        "set MODE"
+    );
+    let profiles = bash_completions(&bash, &["overcommitctl", "apply", ""]);
+    for name in [
+        "default",
+        "kernel-default",
+        "hpc-strict",
+        "hpc-strict-swap",
+        "bigmem",
+    ] {
+        assert!(
+            profiles.iter().any(|p| p == name),
+            "{name} not in {profiles:?}"
+        );
+    }
+    assert_eq!(
+        bash_completions(&bash, &["overcommitctl", "verify", "hpc-strict-"]),
+        ["hpc-strict-swap"]
+    );
+    let dtypes = bash_completions(&bash, &["overcommitctl", "check", "--dtype", "float"]);
+    assert_eq!(dtypes, ["float64", "float32", "float16"]);
+    // A number is not a file name.
+    assert_eq!(
+        bash_completions(&bash, &["overcommitctl", "check", "--ratio", "9"]),
+        ["9"]
+    );
+    assert!(
+        !bash_completions(&bash, &["overcommitctl", "check", "--proc-root", "/pro"]).is_empty(),
+        "a directory is completed"
+    );
+    let zsh = std::fs::read_to_string(out.path().join("completions/_overcommitctl")).unwrap();
+    assert!(zsh.starts_with("#compdef overcommitctl"));
+    assert!(
+        zsh.contains("_overcommitctl_profiles() {")
+            && zsh.contains("':profile:_overcommitctl_profiles'")
+            && zsh.contains("(heuristic always never)"),
+        "zsh"
+    );
+    let fish = std::fs::read_to_string(out.path().join("completions/overcommitctl.fish")).unwrap();
+    assert!(
+        fish.contains("-f -a \"(overcommitctl profiles --names 2>/dev/null)\"")
+            && fish.contains("-l mode")
+            && fish.contains("heuristic"),
+        "fish"
+    );
 }
 
 const SITE: &str = common::HEURISTIC_CONFIG;
