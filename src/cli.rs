@@ -580,6 +580,26 @@ pub struct RunArgs {
 pub struct LeaseArgs {
     #[command(flatten)]
     pub lease: LeaseOptions,
+    /// Root only: a lease on behalf of this user (a job's: $SLURM_JOB_UID), judged by that
+    /// user's [[access]] rule with that user's groups (modes, ratio, TTL, count). The lease is
+    /// theirs (counted, listed, releasable by them); root is recorded as the requester.
+    #[arg(long, value_name = "UID", value_parser = parse_uid, allow_hyphen_values = true)]
+    pub for_uid: Option<u32>,
+    /// The TTL from a Slurm time limit (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, UNLIMITED,
+    /// INFINITE, NOT_SET) plus --ttl-grace. The rule's max_ttl shortens it rather than refuse
+    /// it, and an unlimited job gets the longest the rule allows.
+    #[arg(long, value_name = "TIME", conflicts_with = "ttl", value_parser = crate::slurm::parse_time_limit, allow_hyphen_values = true)]
+    pub ttl_slurm: Option<crate::slurm::TimeLimit>,
+    /// With --ttl-slurm: time added to the job's limit, for the epilog to release the lease.
+    #[arg(long, value_name = "DURATION", requires = "ttl_slurm", value_parser = parse_duration, default_value = "10m")]
+    pub ttl_grace: Duration,
+}
+
+fn parse_uid(text: &str) -> Result<u32, String> {
+    not_an_option(text)?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("uid `{text}` is not a user id (a whole number, 0 to 4294967295)"))
 }
 
 #[derive(Debug, Args)]

@@ -20,7 +20,11 @@ pub struct Holder {
 pub struct Lease {
     /// 128 random bits, hex: unguessable.
     pub id: String,
+    /// Whose lease it is (counted against their rule's max_leases; they may release it).
     pub owner_uid: u32,
+    /// The uid that asked for it, when not the owner (root's `for_uid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_uid: Option<u32>,
     pub requester_pid: i32,
     pub requester_comm: String,
     pub policy: Policy,

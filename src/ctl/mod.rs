@@ -352,7 +352,7 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
         ),
         CtlCommand::Profiles(args) => admin::profiles(globals, args.names),
         CtlCommand::Run(args) => Ok(run::run(globals, &args)),
-        CtlCommand::Lease(args) => lease::lease(globals, &args.lease),
+        CtlCommand::Lease(args) => lease::lease(globals, &args),
         CtlCommand::Release(args) => lease::release(globals, args.id, args.tag),
         CtlCommand::Leases => lease::leases(globals),
         CtlCommand::Top(args) => top::top(globals, &args),

@@ -21,6 +21,8 @@ pub struct Audit<'a> {
     pub actor: Option<Actor<'a>>,
     pub lease: Option<&'a str>,
     pub reason: Option<&'a str>,
+    /// The user a lease was granted to on root's request (`for_uid`).
+    pub for_uid: Option<u32>,
 }
 
 impl<'a> Audit<'a> {
@@ -31,6 +33,7 @@ impl<'a> Audit<'a> {
             actor: None,
             lease: None,
             reason: None,
+            for_uid: None,
         }
     }
 
@@ -64,6 +67,7 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
     };
     let lease = audit.lease.unwrap_or("-");
     let reason = audit.reason.unwrap_or("");
+    let for_uid = audit.for_uid.map_or("-".to_string(), |u| u.to_string());
     let before = KernelPolicy::from(before).to_string();
     let after = KernelPolicy::from(after).to_string();
     info!(
@@ -74,11 +78,12 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
         pid = pid.as_str(),
         comm = comm.as_str(),
         lease = lease,
+        for_uid = for_uid.as_str(),
         reason = reason,
         before = before.as_str(),
         after = after.as_str(),
         leases = leases;
-        "audit: op={} uid={uid} user=\"{}\" pid={pid} comm=\"{}\" lease={} reason=\"{}\" before=\"{before}\" after=\"{after}\" leases={leases}",
+        "audit: op={} uid={uid} user=\"{}\" pid={pid} comm=\"{}\" lease={} for_uid={for_uid} reason=\"{}\" before=\"{before}\" after=\"{after}\" leases={leases}",
         escape(audit.op),
         escape(&user),
         escape(&comm),

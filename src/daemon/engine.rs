@@ -165,6 +165,8 @@ pub struct Authorized {
     request: LeaseRequest,
     policy: Policy,
     ttl: Duration,
+    /// Whose lease it is: the peer's, or the user root asked for.
+    owner_uid: u32,
 }
 
 impl Authorized {
@@ -690,24 +692,35 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             Some(secs) => Some(Duration::from_secs(secs)),
             None => None,
         };
+        // Root may ask on behalf of a job's user: then that user's rule decides, with that
+        // user's groups, and the lease counts and belongs as theirs.
+        let subject = match request.for_uid {
+            None => peer.clone(),
+            Some(_) if !peer.is_root() => {
+                return Err(Denial::RootOnly("lease on behalf of another user (for_uid)").into())
+            }
+            Some(uid) => crate::auth::user_as_peer(uid, peer.pid)?,
+        };
         let live = self
             .leases
             .values()
-            .filter(|l| l.owner_uid == peer.uid)
+            .filter(|l| l.owner_uid == subject.uid)
             .count();
         let ask = LeaseAsk {
             mode: request.policy.mode,
             limit,
             ttl,
+            clamp_ttl: request.clamp_ttl,
         };
         let ttl = self
             .authorizer
-            .lease(peer, &ask, live, self.config.daemon.default_ttl)?
+            .lease(&subject, &ask, live, self.config.daemon.default_ttl)?
             .min(crate::config::MAX_TTL);
         Ok(Authorized {
             request,
             policy,
             ttl,
+            owner_uid: subject.uid,
         })
     }
 
@@ -725,7 +738,8 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         let granted_at = unix_now();
         let lease = Lease {
             id: id.clone(),
-            owner_uid: actor.peer.uid,
+            owner_uid: ask.owner_uid,
+            requester_uid: (ask.owner_uid != actor.peer.uid).then_some(actor.peer.uid),
             requester_pid: actor.peer.pid,
             requester_comm: actor.comm.to_string(),
             policy: ask.policy,
@@ -751,6 +765,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                     actor: Some(actor),
                     lease: Some(&id),
                     reason: info.reason.as_deref(),
+                    for_uid: info.requester_uid.map(|_| info.owner_uid),
                 };
                 self.audit(&record, &before, &after);
                 Ok(LeaseGranted {
@@ -822,6 +837,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             actor: Some(actor),
             lease: Some(&joined),
             reason: None,
+            for_uid: None,
         };
         self.end(&ids, &record, now);
         Ok(Released {
@@ -940,6 +956,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                     actor: Some(actor),
                     lease: None,
                     reason: Some(&name),
+                    for_uid: None,
                 };
                 self.audit(&record, &before, &after);
                 Ok(BaselineChanged {
@@ -1210,6 +1227,7 @@ fn lease_info(lease: &Lease) -> LeaseInfo {
         id: lease.id.clone(),
         owner_uid: lease.owner_uid,
         owner: audit::user_name(lease.owner_uid),
+        requester_uid: lease.requester_uid,
         requester_pid: lease.requester_pid,
         requester_comm: lease.requester_comm.clone(),
         policy: lease.policy,

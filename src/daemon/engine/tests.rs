@@ -144,6 +144,8 @@ fn lease_request(mode: Mode, ttl: u64, tag: Option<&str>, reason: Option<&str>) 
         tag: tag.map(String::from),
         reason: reason.map(String::from),
         hold: false,
+        for_uid: None,
+        clamp_ttl: false,
     }
 }
 
