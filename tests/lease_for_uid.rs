@@ -10,20 +10,12 @@ use serde_json::Value;
 
 /// nobody (65534) and its group nogroup (65534), which every Debian system has: the rule
 /// names the group, so only NSS can tell that nobody is in it.
-const CONFIG: &str = r#"
-[daemon]
-baseline = "default"
-drift_interval = "0"
-
-[profiles.default]
-mode = "heuristic"
-
-[[access]]
-groups = [65534]
-modes = ["always"]
-max_ttl = "2h"
-max_leases = 1
-"#;
+fn config() -> String {
+    format!(
+        "{}\n[[access]]\ngroups = [65534]\nmodes = [\"always\"]\nmax_ttl = \"2h\"\nmax_leases = 1\n",
+        common::HEURISTIC_CONFIG
+    )
+}
 
 const NOBODY: u32 = 65534;
 
@@ -44,7 +36,7 @@ fn ttl_of(out: &str) -> u64 {
 
 #[test]
 fn root_leases_for_a_user_by_that_users_rule_and_the_lease_is_theirs() {
-    let daemon = Daemon::start("m1024-swap512-mode0", CONFIG, &[]);
+    let daemon = Daemon::start("m1024-swap512-mode0", &config(), &[]);
     // A Slurm limit above the rule's max_ttl is shortened to it.
     let (code, out, err) = lease_for(
         &daemon,
@@ -127,7 +119,7 @@ fn root_leases_for_a_user_by_that_users_rule_and_the_lease_is_theirs() {
 
 #[test]
 fn the_users_rule_refuses_what_it_does_not_allow() {
-    let daemon = Daemon::start("m1024-swap512-mode0", CONFIG, &[]);
+    let daemon = Daemon::start("m1024-swap512-mode0", &config(), &[]);
     // A mode the rule does not give.
     let (code, out, _) = run(daemon.ctl().args([
         "--json",

@@ -43,9 +43,23 @@ fn build(script: &str) -> PathBuf {
 }
 
 /// The two packages, built once per test process, one after the other (they share a build).
+/// The process holds a lock on them until it exits: test processes running side by side
+/// (nextest) would otherwise rewrite the files another one is reading.
 fn packages() -> &'static (PathBuf, PathBuf) {
-    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    BUILT.get_or_init(|| (build("scripts/build-deb.sh"), build("scripts/build-rpm.sh")))
+    type Held = nix::fcntl::Flock<std::fs::File>;
+    static BUILT: OnceLock<(Held, (PathBuf, PathBuf))> = OnceLock::new();
+    &BUILT
+        .get_or_init(|| {
+            let dir = repo().join("target/deb-build");
+            std::fs::create_dir_all(&dir).unwrap();
+            let lock = std::fs::File::create(dir.join(".packages.lock")).unwrap();
+            let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+                .unwrap();
+            let built = (build("scripts/build-deb.sh"), build("scripts/build-rpm.sh"));
+            (held, built)
+        })
+        .1
 }
 
 const TOOLS: &[(&str, &str)] = &[
@@ -205,19 +219,10 @@ fn the_rpm_for_el_has_the_files_sites_need_and_rpmlint_passes() {
 
 #[test]
 fn the_el8_drop_in_loads_with_the_unit_and_only_adds_restrictions() {
-    let Some(analyze) = common::slurm::find("systemd-analyze") else {
-        return common::skip::skip("systemd-analyze is missing (apt-get install systemd)");
+    let Some(analyze) = common::tools::systemd_analyze() else {
+        return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let service = std::fs::read_to_string(repo().join("systemd/overcommitd.service"))
-        .unwrap()
-        .replace("/usr/sbin/overcommitd", env!("CARGO_BIN_EXE_overcommitd"));
-    std::fs::write(dir.path().join("overcommitd.service"), service).unwrap();
-    std::fs::copy(
-        repo().join("systemd/overcommitd.socket"),
-        dir.path().join("overcommitd.socket"),
-    )
-    .unwrap();
+    let dir = common::tools::daemon_units();
     let dropins = dir.path().join("overcommitd.service.d");
     std::fs::create_dir(&dropins).unwrap();
     std::fs::copy(
@@ -225,7 +230,7 @@ fn the_el8_drop_in_loads_with_the_unit_and_only_adds_restrictions() {
         dropins.join("10-el8-compat.conf"),
     )
     .unwrap();
-    let (code, out, err) = run(Command::new(&analyze)
+    let (code, out, err) = run(Command::new(analyze)
         .args(["verify", "--man=no"])
         .arg(dir.path().join("overcommitd.service")));
     assert_eq!((code, format!("{out}{err}").trim()), (0, ""), "{out}{err}");

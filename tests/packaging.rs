@@ -14,42 +14,12 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// systemd-analyze is part of the systemd tools CI has; outside CI a missing one is loud.
-fn systemd_analyze() -> Option<&'static str> {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return Some("systemd-analyze");
-    }
-    common::skip::skip(
-        "systemd-analyze is missing (apt-get install systemd): the unit files were not checked",
-    );
-    None
-}
-
-/// The units with ExecStart pointing at the binary just built (verify checks that it exists).
-fn units_for_verify() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let service = std::fs::read_to_string(repo().join("systemd/overcommitd.service"))
-        .unwrap()
-        .replace("/usr/sbin/overcommitd", env!("CARGO_BIN_EXE_overcommitd"));
-    std::fs::write(dir.path().join("overcommitd.service"), service).unwrap();
-    std::fs::copy(
-        repo().join("systemd/overcommitd.socket"),
-        dir.path().join("overcommitd.socket"),
-    )
-    .unwrap();
-    dir
-}
-
 #[test]
 fn systemd_analyze_verify_is_clean() {
-    let Some(analyze) = systemd_analyze() else {
+    let Some(analyze) = common::tools::systemd_analyze() else {
         return;
     };
-    let dir = units_for_verify();
+    let dir = common::tools::daemon_units();
     let (code, out, err) = run(Command::new(analyze)
         .args(["verify", "--man=no"])
         .arg(dir.path().join("overcommitd.service"))
@@ -64,7 +34,7 @@ fn systemd_analyze_verify_is_clean() {
 
 #[test]
 fn the_service_sandbox_rates_2_or_better() {
-    let Some(analyze) = systemd_analyze() else {
+    let Some(analyze) = common::tools::systemd_analyze() else {
         return;
     };
     let (code, out, err) = run(Command::new(analyze)

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{run, Daemon};
@@ -29,45 +29,13 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// promtool, from Debian's prometheus package (scripts/test.sh installs it).
-fn promtool() -> Option<&'static str> {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        common::skip::skip("promtool is missing (apt-get install prometheus)");
-    }
-    found.then_some("promtool")
-}
-
-/// `promtool check metrics` on `text`: its complaints (empty when clean).
 fn check_metrics(promtool: &str, text: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (passed, said) = common::tools::check_metrics(promtool, text);
     assert!(
-        out.status.success() || !complaints.trim().is_empty(),
+        passed || !said.trim().is_empty(),
         "promtool failed silently"
     );
-    complaints
+    said
 }
 
 /// The value of the one sample of `series` (its name and labels as printed).
@@ -89,7 +57,9 @@ fn status(daemon: &Daemon) -> String {
 
 #[test]
 fn alerts_pass_promtool_check_and_unit_tests() {
-    let Some(promtool) = promtool() else { return };
+    let Some(promtool) = common::tools::promtool() else {
+        return;
+    };
     let (code, out, err) = run(Command::new(promtool)
         .args(["check", "rules"])
         .arg(repo().join("contrib/prometheus/alerts.yml")));
@@ -104,7 +74,9 @@ fn alerts_pass_promtool_check_and_unit_tests() {
 
 #[test]
 fn daemon_series_appear_only_while_the_daemon_answers() {
-    let Some(promtool) = promtool() else { return };
+    let Some(promtool) = common::tools::promtool() else {
+        return;
+    };
     let mut daemon = Daemon::start(FIXTURE, CONFIG, &[]);
     // A lease for Slurm job 4242, and a "slurmstepd" of that job on this machine.
     let (code, _, err) = run(daemon.ctl().args([
@@ -292,25 +264,13 @@ fn the_textfile_script_writes_atomically_and_leaves_no_stale_file() {
     );
 }
 
-/// systemd-analyze, or a recorded skip.
-fn systemd_analyze() -> bool {
-    let found = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        common::skip::skip("systemd-analyze is missing (apt-get install systemd)");
-    }
-    found
-}
-
 #[test]
 fn the_textfile_unit_is_sandboxed_to_2_or_better_and_verifies() {
-    if !systemd_analyze() {
+    let Some(analyze) = common::tools::systemd_analyze() else {
         return;
-    }
+    };
     let unit = repo().join("contrib/prometheus/overcommit-textfile.service");
-    let (_, out, err) = run(Command::new("systemd-analyze")
+    let (_, out, err) = run(Command::new(analyze)
         .args(["security", "--offline=true", "--no-pager"])
         .arg(&unit));
     let text = format!("{out}{err}");
@@ -341,7 +301,7 @@ fn the_textfile_unit_is_sandboxed_to_2_or_better_and_verifies() {
         dir.path().join("overcommit-textfile.timer"),
     )
     .unwrap();
-    let (code, out, err) = run(Command::new("systemd-analyze")
+    let (code, out, err) = run(Command::new(analyze)
         .args(["verify", "--man=no"])
         .arg(dir.path().join("overcommit-textfile.service"))
         .arg(dir.path().join("overcommit-textfile.timer")));

@@ -19,20 +19,12 @@ use common::Daemon;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const CONFIG: &str = r#"
-[daemon]
-baseline = "default"
-drift_interval = "0"
-
-[profiles.default]
-mode = "heuristic"
-
-[[access]]
-groups = [65534]
-modes = ["always", "heuristic"]
-max_ttl = "24h"
-max_leases = 4
-"#;
+fn config() -> String {
+    format!(
+        "{}\n[[access]]\ngroups = [65534]\nmodes = [\"always\", \"heuristic\"]\nmax_ttl = \"24h\"\nmax_leases = 4\n",
+        common::HEURISTIC_CONFIG
+    )
+}
 
 /// nobody, in nogroup (65534): the rule's group, known only through NSS.
 const ALLOWED: u32 = 65534;
@@ -71,7 +63,7 @@ fn wrapper(dir: &Path, name: &str, settings: &Path) -> PathBuf {
 }
 
 fn start() -> Option<Site> {
-    let daemon = Daemon::start("m1024-swap512-mode0", CONFIG, &[]);
+    let daemon = Daemon::start("m1024-swap512-mode0", &config(), &[]);
     let settings = daemon.path("overcommit.default");
     let hooks = Hooks {
         prolog: Some(wrapper(daemon.dir.path(), "prolog", &settings)),
@@ -410,5 +402,59 @@ fn slurm_jobs_get_the_leases_their_users_rules_allow_and_never_drain_the_node() 
         "real Slurm: {} jobs, node never drained, in {:.1}s",
         job,
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// A settings file with an error (a shell error would end a sourcing shell and fail the hook):
+/// the hooks exit 0 with their defaults and say why.
+#[test]
+fn hooks_survive_a_broken_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("overcommit.default");
+    let log = dir.path().join("hooks.log");
+    for broken in ["export 1x=y\n", "if then fi\n", "exit 7\n"] {
+        std::fs::write(
+            &settings,
+            format!("OVERCOMMIT_SLURM_LOG={}\n{broken}", log.display()),
+        )
+        .unwrap();
+        for hook in ["prolog.sh", "epilog.sh"] {
+            let (code, out, err) = common::run(
+                common::clean("/bin/sh")
+                    .arg(repo().join("contrib/slurm").join(hook))
+                    .env("OVERCOMMIT_SLURM_CONF", &settings)
+                    .env("SLURM_JOB_ID", "77")
+                    .env("SLURM_JOB_UID", "65534")
+                    .env("SLURM_JOB_COMMENT", "overcommit=always")
+                    // Whatever the defaults reach, never a real daemon.
+                    .env("OVERCOMMIT_SOCKET", "/nonexistent/overcommitd.sock"),
+            );
+            assert_eq!(code, 0, "{hook} with {broken:?}: {out}{err}");
+        }
+    }
+    // The log file was named in the broken file itself, so nothing of it applied: the
+    // hooks logged to syslog only. With a good file, they log there.
+    std::fs::write(
+        &settings,
+        format!(
+            "OVERCOMMIT_SLURM_LOG={}\nOVERCOMMITCTL=/nonexistent/overcommitctl\nSQUEUE=/nonexistent/squeue\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, _) = common::run(
+        common::clean("/bin/sh")
+            .arg(repo().join("contrib/slurm/prolog.sh"))
+            .env("OVERCOMMIT_SLURM_CONF", &settings)
+            .env("SLURM_JOB_ID", "78")
+            .env("SLURM_JOB_UID", "65534")
+            .env("SLURM_JOB_COMMENT", "x overcommit=always y"),
+    );
+    assert_eq!(code, 0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("prolog job 78: squeue failed")
+            && logged.contains("prolog job 78: no lease (always for uid 65534)"),
+        "{logged}"
     );
 }

@@ -19,18 +19,13 @@ use common::{run, Daemon};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const CONFIG: &str = r#"
-[daemon]
-baseline = "default"
-drift_interval = "0"
-
-[profiles.default]
-mode = "heuristic"
-
-[profiles.hpc-strict]
-mode = "never"
-ratio = 95
-"#;
+/// The heuristic baseline, and a strict profile that is not it.
+fn config() -> String {
+    format!(
+        "{}\n[profiles.hpc-strict]\nmode = \"never\"\nratio = 95\n",
+        common::HEURISTIC_CONFIG
+    )
+}
 
 const FIXTURE: &str = "m1024-swap512-mode0";
 
@@ -48,7 +43,7 @@ fn root_lease(daemon: &Daemon, tag: &str) {
 
 #[test]
 fn verify_against_a_profile_judges_the_baseline_while_leases_are_live() {
-    let daemon = Daemon::start(FIXTURE, CONFIG, &[]);
+    let daemon = Daemon::start(FIXTURE, &config(), &[]);
     root_lease(&daemon, "slurm-7");
     let (code, out, _) = run(daemon.ctl().args(["verify", "default", "--json"]));
     let report = json(&out);
@@ -87,7 +82,7 @@ fn verify_against_a_profile_judges_the_baseline_while_leases_are_live() {
 
 #[test]
 fn verify_reports_drift_the_daemon_enforced_once_per_state_file() {
-    let daemon = Daemon::start(FIXTURE, CONFIG, &[]);
+    let daemon = Daemon::start(FIXTURE, &config(), &[]);
     std::fs::write(daemon.path("proc/sys/vm/overcommit_memory"), "1\n").unwrap();
     // PROFILE: no status request, so the drift is seen as it is.
     let (code, _, _) = run(daemon.ctl().args(["verify", "default"]));
@@ -122,7 +117,7 @@ fn verify_reports_drift_the_daemon_enforced_once_per_state_file() {
 
 #[test]
 fn verify_exits_3_when_the_expected_daemon_is_dead_or_hung() {
-    let mut daemon = Daemon::start(FIXTURE, CONFIG, &[]);
+    let mut daemon = Daemon::start(FIXTURE, &config(), &[]);
     daemon.signal(Signal::SIGSTOP);
     let started = Instant::now();
     let (code, out, _) = run(daemon
@@ -201,7 +196,7 @@ echo "RETURN $?"
 
 #[test]
 fn the_nhc_check_passes_live_leases_and_fails_drift_dead_and_hung_daemons() {
-    let mut daemon = Daemon::start(FIXTURE, CONFIG, &[]);
+    let mut daemon = Daemon::start(FIXTURE, &config(), &[]);
     assert_eq!(nhc_check(&daemon, "").0, None, "in line");
     assert_eq!(nhc_check(&daemon, "default").0, None);
 
@@ -265,7 +260,7 @@ fn the_nhc_check_passes_live_leases_and_fails_drift_dead_and_hung_daemons() {
 
 #[test]
 fn the_nhc_check_kills_a_verify_that_hangs_and_refuses_bad_syntax() {
-    let daemon = Daemon::start(FIXTURE, CONFIG, &[]);
+    let daemon = Daemon::start(FIXTURE, &config(), &[]);
     let stuck = daemon.path("stuck-overcommitctl");
     std::fs::write(&stuck, "#!/bin/sh\nexec sleep 60\n").unwrap();
     std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

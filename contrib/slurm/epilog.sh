@@ -4,25 +4,14 @@
 # drains the node, so this one always exits 0: problems are logged. A lease it could not
 # release ends at its TTL (the job's time limit plus a grace).
 
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export PATH
-IFS='
-	 '
-set -f
-
-OVERCOMMIT_TIMEOUT=3s
-OVERCOMMITCTL=/usr/bin/overcommitctl
-OVERCOMMIT_SLURM_LOG=
-conf=${OVERCOMMIT_SLURM_CONF:-/etc/default/overcommit}
-# shellcheck disable=SC1090
-[ -r "$conf" ] && . "$conf"
-
-log() {
-    logger -t overcommit-epilog "job ${SLURM_JOB_ID:-?}: $*" 2>/dev/null
-    [ -n "$OVERCOMMIT_SLURM_LOG" ] &&
-        echo "$(date '+%F %T') epilog job ${SLURM_JOB_ID:-?}: $*" >>"$OVERCOMMIT_SLURM_LOG" 2>/dev/null
-    return 0
-}
+HOOK=epilog
+# (A `.` of a missing file would end the shell with an error: looked at first.)
+if [ ! -r "${0%/*}/hooks.sh" ]; then
+    logger -t overcommit-epilog "${0%/*}/hooks.sh is missing: nothing done" 2>/dev/null
+    exit 0
+fi
+# shellcheck source=contrib/slurm/hooks.sh
+. "${0%/*}/hooks.sh"
 
 main() {
     case ${SLURM_JOB_ID:-} in '' | *[!0-9]*) return 0 ;; esac

@@ -7,6 +7,7 @@ pub mod preload;
 pub mod schema;
 pub mod skip;
 pub mod slurm;
+pub mod tools;
 pub mod top_report;
 
 /// A daemon configuration with one profile, heuristic, as the baseline; no drift timer.
