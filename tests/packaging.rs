@@ -10,6 +10,15 @@ use std::process::Command;
 
 use common::run;
 
+/// The profiles etc/overcommitd ships.
+const SHIPPED_PROFILES: [&str; 5] = [
+    "default",
+    "kernel-default",
+    "hpc-strict",
+    "hpc-strict-swap",
+    "bigmem",
+];
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -92,13 +101,7 @@ fn the_shipped_configuration_and_profiles_are_valid() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    for name in [
-        "default",
-        "kernel-default",
-        "hpc-strict",
-        "hpc-strict-swap",
-        "bigmem",
-    ] {
+    for name in SHIPPED_PROFILES {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
 }
@@ -232,13 +235,7 @@ fn completions_offer_modes_profiles_and_dtypes_and_files_only_for_paths() {
         "set MODE"
     );
     let profiles = bash_completions(&bash, &["overcommitctl", "apply", ""]);
-    for name in [
-        "default",
-        "kernel-default",
-        "hpc-strict",
-        "hpc-strict-swap",
-        "bigmem",
-    ] {
+    for name in SHIPPED_PROFILES {
         assert!(
             profiles.iter().any(|p| p == name),
             "{name} not in {profiles:?}"
