@@ -273,9 +273,15 @@ fn slurm_jobs_get_the_leases_their_users_rules_allow_and_never_drain_the_node() 
         );
         println!("time limit {limit}: lease TTL {ttl} s (expected {expected})");
         site.settled(job, limit);
+        // The epilog logs once its release returned, just after the lease went.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !site.log_of(job).contains("epilog job") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(
             site.log_of(job).contains("epilog job"),
-            "released by the epilog"
+            "released by the epilog\n{}",
+            site.log_of(job)
         );
     }
 
