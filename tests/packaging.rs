@@ -1,7 +1,8 @@
 //! What a site installs: the systemd units (checked by systemd's own tools), the shipped
-//! configuration and profiles, the generated man pages and completions, and the contrib hooks
-//! (the Slurm prolog/epilog, the NHC check and the Prometheus exporter) run for real against
-//! a real daemon.
+//! configuration and profiles, the generated man pages and completions (rendered by man,
+//! completed by bash), and the Slurm hooks' settings file at its worst. (The hooks themselves
+//! run under a real Slurm in tests/slurm_leases.rs, the NHC check in tests/verify_nhc.rs, the
+//! Prometheus exporter in tests/prometheus.rs.)
 
 mod common;
 
@@ -270,5 +271,55 @@ fn completions_offer_modes_profiles_and_dtypes_and_files_only_for_paths() {
             && fish.contains("-l mode")
             && fish.contains("heuristic"),
         "fish"
+    );
+}
+
+/// A settings file with an error (a shell error would end a sourcing shell and fail the hook):
+/// the hooks exit 0 with their defaults and say why.
+#[test]
+fn hooks_survive_a_broken_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("overcommit.default");
+    let log = dir.path().join("hooks.log");
+    for broken in ["export 1x=y\n", "if then fi\n", "exit 7\n"] {
+        std::fs::write(
+            &settings,
+            format!("OVERCOMMIT_SLURM_LOG={}\n{broken}", log.display()),
+        )
+        .unwrap();
+        for hook in ["prolog.sh", "epilog.sh"] {
+            let (code, out, err) = run(common::clean("/bin/sh")
+                .arg(repo().join("contrib/slurm").join(hook))
+                .env("OVERCOMMIT_SLURM_CONF", &settings)
+                .env("SLURM_JOB_ID", "77")
+                .env("SLURM_JOB_UID", "65534")
+                .env("SLURM_JOB_COMMENT", "overcommit=always")
+                // Whatever the defaults reach, never a real daemon.
+                .env("OVERCOMMIT_SOCKET", "/nonexistent/overcommitd.sock"));
+            assert_eq!(code, 0, "{hook} with {broken:?}: {out}{err}");
+        }
+    }
+    // The log file was named in the broken file itself, so nothing of it applied: the
+    // hooks logged to syslog only. With a good file, they log there.
+    std::fs::write(
+        &settings,
+        format!(
+            "OVERCOMMIT_SLURM_LOG={}\nOVERCOMMITCTL=/nonexistent/overcommitctl\nSQUEUE=/nonexistent/squeue\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, _) = run(common::clean("/bin/sh")
+        .arg(repo().join("contrib/slurm/prolog.sh"))
+        .env("OVERCOMMIT_SLURM_CONF", &settings)
+        .env("SLURM_JOB_ID", "78")
+        .env("SLURM_JOB_UID", "65534")
+        .env("SLURM_JOB_COMMENT", "x overcommit=always y"));
+    assert_eq!(code, 0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("prolog job 78: squeue failed")
+            && logged.contains("prolog job 78: no lease (always for uid 65534)"),
+        "{logged}"
     );
 }
