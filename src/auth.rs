@@ -33,6 +33,8 @@ pub struct LeaseAsk {
     /// The limit the lease names, if any (only mode never has one that matters).
     pub limit: Option<Limit>,
     pub ttl: Option<Duration>,
+    /// A TTL above the rule's max_ttl is shortened to it instead of refused.
+    pub clamp_ttl: bool,
 }
 
 /// Why a lease was refused. `TooMany` is a limit, the others a denial.
@@ -56,6 +58,31 @@ pub enum Denial {
     TooMany { uid: u32, live: usize, max: u32 },
     #[error("only root may {0}")]
     RootOnly(&'static str),
+    #[error("uid {uid} is not a user of this node (NSS does not know it)")]
+    UnknownUser { uid: u32 },
+}
+
+/// The user `uid` as a peer would be: primary group and supplementary groups from NSS (what
+/// the user's own processes would carry after login). For root's leases on behalf of a job's
+/// user, judged by that user's rule.
+pub fn user_as_peer(uid: u32, pid: i32) -> Result<Peer, Denial> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .ok_or(Denial::UnknownUser { uid })?;
+    let name =
+        std::ffi::CString::new(user.name.as_bytes()).map_err(|_| Denial::UnknownUser { uid })?;
+    let groups = nix::unistd::getgrouplist(&name, user.gid)
+        .map_err(|_| Denial::UnknownUser { uid })?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    Ok(Peer {
+        pid,
+        uid,
+        gid: user.gid.as_raw(),
+        groups,
+    })
 }
 
 /// An access rule with names resolved to numbers.
@@ -182,7 +209,11 @@ fn check_rule(
             _ => {}
         }
     }
-    let ttl = ask.ttl.unwrap_or(rule.max_ttl);
+    let ttl = match ask.ttl {
+        Some(ttl) if ttl > rule.max_ttl && ask.clamp_ttl => rule.max_ttl,
+        Some(ttl) => ttl,
+        None => rule.max_ttl,
+    };
     if ttl > rule.max_ttl {
         return Err(Denial::Ttl {
             asked: ttl,
@@ -246,6 +277,7 @@ mod tests {
             mode,
             limit,
             ttl: ttl.map(Duration::from_secs),
+            clamp_ttl: false,
         }
     }
 
@@ -353,5 +385,46 @@ mod tests {
                 DAY
             )
             .is_ok());
+    }
+
+    #[test]
+    fn a_clamped_ttl_is_shortened_to_the_rule_not_refused() {
+        let a = authorizer();
+        let long = LeaseAsk {
+            clamp_ttl: true,
+            ..ask(Mode::Always, None, Some(7 * 86400))
+        };
+        assert_eq!(
+            a.lease(&peer(1500, 1000, vec![]), &long, 0, DAY),
+            Ok(Duration::from_secs(3600))
+        );
+        let short = LeaseAsk {
+            clamp_ttl: true,
+            ..ask(Mode::Always, None, Some(60))
+        };
+        assert_eq!(
+            a.lease(&peer(1500, 1000, vec![]), &short, 0, DAY),
+            Ok(Duration::from_secs(60))
+        );
+        // The other limits still refuse.
+        assert!(matches!(
+            a.lease(&peer(1500, 1000, vec![]), &long, 2, DAY),
+            Err(Denial::TooMany { .. })
+        ));
+        assert_eq!(
+            a.lease(&peer(1500, 100, vec![]), &long, 0, DAY),
+            Err(Denial::NoRule { uid: 1500 })
+        );
+    }
+
+    #[test]
+    fn a_user_as_a_peer_carries_the_groups_nss_gives() {
+        let root = user_as_peer(0, 7).unwrap();
+        assert_eq!((root.uid, root.gid, root.pid), (0, 0, 7));
+        assert!(root.groups.contains(&0));
+        assert_eq!(
+            user_as_peer(4_000_000_000, 1),
+            Err(Denial::UnknownUser { uid: 4_000_000_000 })
+        );
     }
 }

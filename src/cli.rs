@@ -107,6 +107,100 @@ fn parse_mode(text: &str) -> Result<Mode, String> {
         .map_err(|e: crate::model::ModeError| e.to_string())
 }
 
+/// Parses a mode like [`parse_mode`] and offers the mode names to shell completions (the
+/// numbers are accepted too, but not offered).
+#[derive(Clone)]
+struct ModeParser;
+
+impl clap::builder::TypedValueParser for ModeParser {
+    type Value = Mode;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Mode, clap::Error> {
+        let parse: fn(&str) -> Result<Mode, String> = parse_mode;
+        clap::builder::TypedValueParser::parse_ref(&parse, cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            [Mode::Heuristic, Mode::Always, Mode::Never]
+                .into_iter()
+                .map(|m| clap::builder::PossibleValue::new(m.name())),
+        ))
+    }
+}
+
+/// Any dtype string (checked by [`crate::dtype`]); the common ones are offered to shell
+/// completions.
+#[derive(Clone)]
+struct DtypeHints;
+
+/// The dtypes offered to completions: NumPy's names and their one-letter codes.
+const COMMON_DTYPES: &[&str] = &[
+    "float64",
+    "float32",
+    "float16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint64",
+    "uint32",
+    "uint16",
+    "uint8",
+    "complex128",
+    "complex64",
+    "bool",
+    "object",
+    "f8",
+    "f4",
+    "f2",
+    "i8",
+    "i4",
+    "i2",
+    "i1",
+    "u8",
+    "u4",
+    "u2",
+    "u1",
+    "c16",
+    "c8",
+    "datetime64[ns]",
+    "timedelta64[ns]",
+];
+
+impl clap::builder::TypedValueParser for DtypeHints {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        value
+            .to_str()
+            .map(String::from)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            COMMON_DTYPES
+                .iter()
+                .map(|d| clap::builder::PossibleValue::new(*d)),
+        ))
+    }
+}
+
 fn parse_ratio(text: &str) -> Result<u32, String> {
     not_an_option(text)?;
     match text.trim().trim_end_matches('%').parse::<i64>() {
@@ -225,6 +319,22 @@ pub struct GlobalArgs {
     /// Print one JSON object (docs/json.md) with exact figures instead of text; errors too.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long to wait for overcommitd, to connect and for each reply (e.g. 5s); a daemon
+    /// that does not answer in time counts as unreachable (exit 3).
+    #[arg(long, global = true, value_name = "DURATION", env = "OVERCOMMIT_TIMEOUT", value_parser = parse_timeout, default_value = "30s")]
+    pub timeout: Duration,
+}
+
+/// A client timeout: from 1 ms to an hour.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    not_an_option(text)?;
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("timeout `{text}` is not a duration ({e}): expected e.g. 500ms, 5s, 1m")
+    })?;
+    if duration < Duration::from_millis(1) || duration > Duration::from_secs(3600) {
+        return Err(format!("timeout `{text}` is out of range: from 1ms to 1h"));
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,7 +351,7 @@ pub enum CtlCommand {
     /// Compare the kernel with a profile (default: what the daemon or the config expects).
     Verify(VerifyArgs),
     /// List the profiles (those overcommitd has loaded when it runs).
-    Profiles,
+    Profiles(ProfilesArgs),
     /// Run CMD with overcommit for CMD alone (job scope) or under a node-wide lease that ends
     /// when CMD ends, however it ends.
     Run(RunArgs),
@@ -305,7 +415,7 @@ pub struct CheckArgs {
     pub shape: Option<String>,
     /// The array's dtype, with --shape (any np.dtype string: float64, f8, int32, u1, complex128,
     /// object, datetime64[ns], U10, S, ...) [default: float64].
-    #[arg(long, value_name = "DTYPE")]
+    #[arg(long, value_name = "DTYPE", value_parser = DtypeHints, hide_possible_values = true)]
     pub dtype: Option<String>,
     /// How the program allocates: malloc (glibc's malloc or calloc, as NumPy does) or one mmap.
     #[arg(long, value_enum, value_name = "HOW", default_value = "malloc")]
@@ -365,7 +475,7 @@ pub enum Scope {
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Overcommit mode: heuristic (0), always (1) or never (2).
-    #[arg(long, value_name = "MODE", value_parser = parse_mode, allow_hyphen_values = true)]
+    #[arg(long, value_name = "MODE", value_parser = ModeParser, hide_possible_values = true, allow_hyphen_values = true)]
     pub mode: Option<Mode>,
     /// Mode-never limit as a percentage of RAM (0..=100); mode never only.
     #[arg(long, value_name = "PERCENT", value_parser = parse_ratio, conflicts_with = "kbytes", allow_hyphen_values = true)]
@@ -378,7 +488,7 @@ pub struct PolicyArgs {
 #[derive(Debug, Args)]
 pub struct SetArgs {
     /// heuristic (0), always (1) or never (2).
-    #[arg(value_parser = parse_mode, allow_hyphen_values = true)]
+    #[arg(value_parser = ModeParser, hide_possible_values = true, allow_hyphen_values = true)]
     pub mode: Mode,
     /// Mode-never limit as a percentage of RAM (0..=100).
     #[arg(long, value_name = "PERCENT", value_parser = parse_ratio, conflicts_with = "kbytes", allow_hyphen_values = true)]
@@ -411,8 +521,25 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    /// Only the names, one per line (for scripts and shell completion).
+    #[arg(long, conflicts_with = "json")]
+    pub names: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Compare with this profile. While leases are live, the daemon's baseline must be it and
+    /// the kernel what it and the leases make (the leases are listed); see --strict.
     pub profile: Option<String>,
+    /// With PROFILE: compare the kernel itself with the profile, whatever leases hold.
+    #[arg(long, requires = "profile")]
+    pub strict: bool,
+    /// Without PROFILE: where to remember the drift already reported, so that drift the daemon
+    /// found and enforced since the last verify is reported once ("none": do not). Default
+    /// for root: /run/overcommit/verify-drift. Not used with PROFILE.
+    #[arg(long, value_name = "FILE", env = "OVERCOMMIT_DRIFT_STATE")]
+    pub drift_state: Option<PathBuf>,
 }
 
 /// Options of a lease request.
@@ -454,6 +581,26 @@ pub struct RunArgs {
 pub struct LeaseArgs {
     #[command(flatten)]
     pub lease: LeaseOptions,
+    /// Root only: a lease on behalf of this user (a job's: $SLURM_JOB_UID), judged by that
+    /// user's [[access]] rule with that user's groups (modes, ratio, TTL, count). The lease is
+    /// theirs (counted, listed, releasable by them); root is recorded as the requester.
+    #[arg(long, value_name = "UID", value_parser = parse_uid, allow_hyphen_values = true)]
+    pub for_uid: Option<u32>,
+    /// The TTL from a Slurm time limit (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, UNLIMITED,
+    /// INFINITE, NOT_SET) plus --ttl-grace. The rule's max_ttl shortens it rather than refuse
+    /// it, and an unlimited job gets the longest the rule allows.
+    #[arg(long, value_name = "TIME", conflicts_with = "ttl", value_parser = crate::slurm::parse_time_limit, allow_hyphen_values = true)]
+    pub ttl_slurm: Option<crate::slurm::TimeLimit>,
+    /// With --ttl-slurm: time added to the job's limit, for the epilog to release the lease.
+    #[arg(long, value_name = "DURATION", requires = "ttl_slurm", value_parser = parse_duration, default_value = "10m")]
+    pub ttl_grace: Duration,
+}
+
+fn parse_uid(text: &str) -> Result<u32, String> {
+    not_an_option(text)?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("uid `{text}` is not a user id (a whole number, 0 to 4294967295)"))
 }
 
 #[derive(Debug, Args)]
@@ -521,6 +668,10 @@ pub struct DaemonCli {
     /// Validate the configuration and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,
+    /// With --check-config: read the profiles from DIR instead of profiles.d beside --config
+    /// (to check a candidate file written elsewhere, such as Ansible's `validate:` copy).
+    #[arg(long, value_name = "DIR", requires = "check_config")]
+    pub profiles_dir: Option<PathBuf>,
     /// Where to log: journald when stderr is connected to it, else syslog, else stderr.
     #[arg(long, value_enum, default_value = "auto")]
     pub log: crate::logging::LogTarget,

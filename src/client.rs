@@ -4,14 +4,29 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use crate::protocol::{request_line, ErrorCode, Reply, Request, PROTOCOL_VERSION};
 
-/// How long a reply may take: the daemon answers in microseconds, but a kernel write can stall.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting, and then each reply, may take (milliseconds): the daemon answers in
+/// microseconds, but a kernel write can stall, and a hung daemon must not hang its callers
+/// (a Slurm prolog, a node health check). `--timeout` sets it.
+static TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
+
+/// Sets how long connecting and each reply may take, for every later call of this process.
+pub fn set_timeout(timeout: Duration) {
+    let ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+fn timeout() -> Duration {
+    Duration::from_millis(TIMEOUT_MS.load(Ordering::Relaxed))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -22,6 +37,8 @@ pub enum ClientError {
         /// What the failure most likely means, with what to do (see [`unreachable_hint`]).
         hint: String,
     },
+    #[error("overcommitd at {} did not answer within {} (hung or overloaded; --timeout sets the wait)", path.display(), humantime::format_duration(*after))]
+    Timeout { path: PathBuf, after: Duration },
     #[error("lost the connection to overcommitd: {0}")]
     Io(#[from] io::Error),
     #[error("overcommitd sent a reply this client cannot read: {0}")]
@@ -94,7 +111,7 @@ impl ClientError {
     /// `overcommitctl`'s exit code for this error (3: daemon unreachable).
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::Unreachable { .. } => 3,
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => 3,
             ClientError::Io(_) | ClientError::BadReply(_) => 3,
             ClientError::Daemon { code, .. } => code.exit_code(),
         }
@@ -105,22 +122,73 @@ impl ClientError {
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    path: PathBuf,
+}
+
+/// Connects within `timeout`: a daemon that stopped accepting fills its listen backlog, and a
+/// blocking connect would then wait forever.
+fn connect_within(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let unreachable = |source: io::Error| ClientError::Unreachable {
+        path: path.to_path_buf(),
+        hint: unreachable_hint(path, &source),
+        source,
+    };
+    let address = UnixAddr::new(path).map_err(|e| unreachable(e.into()))?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        use std::os::fd::AsRawFd;
+        match connect(fd.as_raw_fd(), &address) {
+            Ok(()) => break,
+            // The backlog is full: the daemon is not accepting (yet).
+            Err(nix::Error::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(nix::Error::EAGAIN) => {
+                return Err(ClientError::Timeout {
+                    path: path.to_path_buf(),
+                    after: timeout,
+                })
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(unreachable(e.into())),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Unreachable {
-            path: path.to_path_buf(),
-            hint: unreachable_hint(path, &source),
-            source,
-        })?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        let timeout = timeout();
+        let stream = connect_within(path, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         let writer = stream.try_clone()?;
         Ok(Client {
             reader: BufReader::new(stream),
             writer,
+            path: path.to_path_buf(),
         })
+    }
+
+    /// A read or write that ran into the timeout is the daemon not answering.
+    fn timed_out(&self, e: io::Error) -> ClientError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                path: self.path.clone(),
+                after: timeout(),
+            },
+            _ => ClientError::Io(e),
+        }
     }
 
     /// Sends `request` and returns its result, or the daemon's error.
@@ -131,9 +199,9 @@ impl Client {
         let mut line = String::new();
         let read = self.reader.read_line(&mut line);
         if line.is_empty() {
-            written?;
+            written.map_err(|e| self.timed_out(e))?;
         }
-        if read? == 0 {
+        if read.map_err(|e| self.timed_out(e))? == 0 {
             return Err(ClientError::BadReply(
                 "the daemon closed the connection without a reply".into(),
             ));

@@ -220,8 +220,15 @@ impl Config {
 
     /// Loads `path` and every `profiles.d/*.toml` beside it (in name order).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_profiles(path, &Config::profiles_dir(path))
+    }
+
+    /// Loads `path` and every `*.toml` of `dir` (in name order) as its profiles: a candidate
+    /// file written elsewhere (config management's temporary file) checked with the profiles
+    /// it will sit beside.
+    pub fn load_with_profiles(path: &Path, dir: &Path) -> Result<Config, ConfigError> {
         let text = read(path)?;
-        let dir = Config::profiles_dir(path);
+        let dir = dir.to_path_buf();
         let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
             Ok(entries) => entries
                 .filter_map(Result::ok)

@@ -652,6 +652,7 @@ mod tests {
             id: format!("{n:032x}").parse().unwrap(),
             owner_uid: 1000 + n,
             owner: format!("user{n}"),
+            requester_uid: (n % 2 == 1).then_some(0),
             requester_pid: 42,
             requester_comm: "job".into(),
             policy: policy(),

@@ -95,11 +95,16 @@ impl<'de> Deserialize<'de> for LeaseId {
 /// A granted lease, as journaled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// 128 random bits (hex on the wire): unguessable.
     pub id: LeaseId,
+    /// Whose lease it is (counted against their rule's max_leases; they may release it).
     pub owner_uid: u32,
     /// The owner's user name (or uid), looked up once, at the grant.
     #[serde(default)]
     pub owner: String,
+    /// The uid that asked for it, when not the owner (root's `for_uid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_uid: Option<u32>,
     pub requester_pid: i32,
     pub requester_comm: String,
     pub policy: Policy,

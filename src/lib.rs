@@ -25,5 +25,6 @@ pub mod process_scan;
 pub mod program;
 pub mod protocol;
 pub mod size;
+pub mod slurm;
 pub mod smaps;
 pub mod sysctl_d;

@@ -73,6 +73,13 @@ pub struct LeaseRequest {
     /// Bind the lease to the connecting process: it ends when that process exits.
     #[serde(default)]
     pub hold: bool,
+    /// Root only: a lease on behalf of this user (a job's), judged by that user's
+    /// `[[access]]` rule with that user's groups, counted and owned as theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_uid: Option<u32>,
+    /// `ttl_secs` is the longest wanted: the rule's max_ttl shortens it instead of refusing it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clamp_ttl: bool,
 }
 
 /// The flat wire form of [`LeaseRequest`].
@@ -92,6 +99,10 @@ pub struct LeaseFields {
     pub reason: Option<String>,
     #[serde(default)]
     pub hold: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clamp_ttl: bool,
 }
 
 impl From<LeaseFields> for LeaseRequest {
@@ -106,6 +117,8 @@ impl From<LeaseFields> for LeaseRequest {
             tag: f.tag,
             reason: f.reason,
             hold: f.hold,
+            for_uid: f.for_uid,
+            clamp_ttl: f.clamp_ttl,
         }
     }
 }
@@ -120,6 +133,8 @@ impl From<LeaseRequest> for LeaseFields {
             tag: r.tag,
             reason: r.reason,
             hold: r.hold,
+            for_uid: r.for_uid,
+            clamp_ttl: r.clamp_ttl,
         }
     }
 }
@@ -354,8 +369,12 @@ pub fn request_line(request: &Request) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseInfo {
     pub id: String,
+    /// Whose lease it is: the requester's, or the user root asked for (`for_uid`).
     pub owner_uid: u32,
     pub owner: String,
+    /// The uid that asked for it, when not the owner (root, for a job's user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_uid: Option<u32>,
     /// The process that asked for it, and its command name.
     pub requester_pid: i32,
     pub requester_comm: String,
@@ -415,6 +434,26 @@ pub struct DaemonStatus {
     /// The journal could not be saved; retried with the kernel writes.
     #[serde(default)]
     pub journal_error: Option<String>,
+    /// At its first start in this boot, with no baseline configured, the daemon found the
+    /// kernel holding something other than the boot policy, and kept it or put it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_at_start: Option<FoundAtStart>,
+}
+
+/// What the first start in a boot found in the kernel, and what it did with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundAtStart {
+    pub kernel: KernelPolicy,
+    pub action: FoundAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundAction {
+    /// No more permissive than the boot policy: kept as the baseline `found`.
+    Kept,
+    /// More permissive (possibly a lease's): the boot policy was put back.
+    Replaced,
 }
 
 /// A kernel write the daemon is retrying until the kernel holds what the lease table says.
@@ -554,6 +593,8 @@ mod tests {
             tag: Some("slurm-42".into()),
             reason: None,
             hold: true,
+            for_uid: Some(1000),
+            clamp_ttl: true,
         });
         let line = request_line(&request);
         assert!(line.ends_with(b"\n"));

@@ -128,7 +128,14 @@ fn status_prometheus_format_has_the_gauges() {
         out.contains("# TYPE overcommit_mode gauge\novercommit_mode 2\n"),
         "{out}"
     );
-    assert!(out.contains("overcommit_ratio_percent 50\n"));
+    assert!(
+        out.contains("overcommit_ratio 0.5\n"),
+        "a ratio, 0..1: {out}"
+    );
+    assert!(
+        out.contains("overcommit_limit_bytes 0\n"),
+        "kbytes in bytes: {out}"
+    );
     assert!(out.contains("overcommit_largest_allocation_bytes{privilege=\"user\"}"));
 }
 

@@ -282,18 +282,6 @@ fn text_shows_the_table_and_names_every_row() {
     assert!(out.contains("read 5 processes (11 mappings)"), "{out}");
 }
 
-/// promtool, from Debian's prometheus package (scripts/test.sh installs it).
-fn promtool() -> Option<&'static str> {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        common::cli::not_run("promtool is missing (apt-get install prometheus): the Prometheus output was not checked");
-    }
-    found.then_some("promtool")
-}
-
 #[test]
 fn prometheus_output_is_bounded_and_passes_promtool() {
     let node = Node::new();
@@ -318,28 +306,11 @@ fn prometheus_output_is_bounded_and_passes_promtool() {
                 "{out}"
             );
         }
-        let Some(promtool) = promtool() else { return };
-        let mut check = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        check
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(out.as_bytes())
-            .unwrap();
-        let result = check.wait_with_output().unwrap();
-        assert!(
-            result.status.success(),
-            "promtool check metrics (--by {by}):\n{}{}\n{out}",
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        );
+        let Some(promtool) = common::tools::promtool() else {
+            return;
+        };
+        let (passed, said) = common::tools::check_metrics(promtool, &out);
+        assert!(passed, "promtool check metrics (--by {by}):\n{said}\n{out}");
     }
 }
 

@@ -1,60 +1,35 @@
 //! What a site installs: the systemd units (checked by systemd's own tools), the shipped
-//! configuration and profiles, the generated man pages and completions, and the contrib hooks
-//! (the Slurm prolog/epilog, the NHC check and the Prometheus exporter) run for real against
-//! a real daemon.
+//! configuration and profiles, the generated man pages and completions (rendered by man,
+//! completed by bash), and the Slurm hooks' settings file at its worst. (The hooks themselves
+//! run under a real Slurm in tests/slurm_leases.rs, the NHC check in tests/verify_nhc.rs, the
+//! Prometheus exporter in tests/prometheus.rs.)
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{run, Daemon};
+use common::run;
+
+/// The profiles etc/overcommitd ships.
+const SHIPPED_PROFILES: [&str; 5] = [
+    "default",
+    "kernel-default",
+    "hpc-strict",
+    "hpc-strict-swap",
+    "bigmem",
+];
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// systemd-analyze is part of the systemd tools CI has; outside CI a missing one is loud.
-fn systemd_analyze() -> Option<&'static str> {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return Some("systemd-analyze");
-    }
-    assert_ne!(
-        std::env::var("CI").as_deref(),
-        Ok("true"),
-        "systemd-analyze is missing (apt-get install systemd)"
-    );
-    eprintln!(
-        "\n*** SKIPPED: systemd-analyze is not installed; the unit files were not checked ***\n"
-    );
-    None
-}
-
-/// The units with ExecStart pointing at the binary just built (verify checks that it exists).
-fn units_for_verify() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let service = std::fs::read_to_string(repo().join("systemd/overcommitd.service"))
-        .unwrap()
-        .replace("/usr/sbin/overcommitd", env!("CARGO_BIN_EXE_overcommitd"));
-    std::fs::write(dir.path().join("overcommitd.service"), service).unwrap();
-    std::fs::copy(
-        repo().join("systemd/overcommitd.socket"),
-        dir.path().join("overcommitd.socket"),
-    )
-    .unwrap();
-    dir
-}
-
 #[test]
 fn systemd_analyze_verify_is_clean() {
-    let Some(analyze) = systemd_analyze() else {
+    let Some(analyze) = common::tools::systemd_analyze() else {
         return;
     };
-    let dir = units_for_verify();
+    let dir = common::tools::daemon_units();
     let (code, out, err) = run(Command::new(analyze)
         .args(["verify", "--man=no"])
         .arg(dir.path().join("overcommitd.service"))
@@ -69,7 +44,7 @@ fn systemd_analyze_verify_is_clean() {
 
 #[test]
 fn the_service_sandbox_rates_2_or_better() {
-    let Some(analyze) = systemd_analyze() else {
+    let Some(analyze) = common::tools::systemd_analyze() else {
         return;
     };
     let (code, out, err) = run(Command::new(analyze)
@@ -110,7 +85,7 @@ fn the_shipped_configuration_and_profiles_are_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        out.contains("valid (5 profiles, 1 access rules, baseline default)"),
+        out.contains("valid (5 profiles, 1 access rules, baseline the node's boot policy)"),
         "{out}"
     );
     let (code, out, _) = run(common::ctl()
@@ -127,13 +102,7 @@ fn the_shipped_configuration_and_profiles_are_valid() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    for name in [
-        "default",
-        "kernel-default",
-        "hpc-strict",
-        "hpc-strict-swap",
-        "bigmem",
-    ] {
+    for name in SHIPPED_PROFILES {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
 }
@@ -150,7 +119,7 @@ fn example(name: &str) -> PathBuf {
 }
 
 #[test]
-fn man_pages_and_completions_are_generated_from_the_cli_definitions() {
+fn man_pages_have_the_sections_a_sysadmin_looks_for_and_render_cleanly() {
     let out = tempfile::tempdir().unwrap();
     let (code, _, err) = run(Command::new(example("package_assets")).arg(out.path()));
     assert_eq!(code, 0, "{err}");
@@ -159,158 +128,198 @@ fn man_pages_and_completions_are_generated_from_the_cli_definitions() {
     };
     let ctl = read("man/overcommitctl.1");
     assert!(
-        ctl.starts_with(".ie") || ctl.contains(".TH overcommitctl 1"),
+        ctl.contains(".TH overcommitctl 1"),
         "{}",
         &ctl[..200.min(ctl.len())]
     );
-    for sub in [
-        "status", "check", "run", "lease", "release", "leases", "set", "apply", "verify",
+    let subcommands = [
+        "status", "check", "top", "run", "lease", "release", "leases", "set", "apply", "verify",
         "profiles",
-    ] {
+    ];
+    let mut pages = vec![
+        "man/overcommitctl.1".to_string(),
+        "man/overcommitd.8".into(),
+    ];
+    for sub in subcommands {
         assert!(ctl.contains(sub), "overcommitctl.1 lacks {sub}");
-        assert!(
-            out.path()
-                .join(format!("man/overcommitctl-{sub}.1"))
-                .exists(),
-            "no page for {sub}"
-        );
+        pages.push(format!("man/overcommitctl-{sub}.1"));
     }
-    assert!(read("man/overcommitctl-check.1").contains("shape"));
+    for page in &pages {
+        let text = read(page);
+        for section in [
+            ".SH \"EXIT STATUS\"",
+            ".SH ENVIRONMENT",
+            ".SH FILES",
+            ".SH EXAMPLES",
+            ".SH \"SEE ALSO\"",
+        ] {
+            assert!(text.contains(section), "{page} lacks {section}");
+        }
+    }
+    assert!(read("man/overcommitctl-status.1").contains("OVERCOMMIT_PROC_ROOT"));
+    assert!(read("man/overcommitctl-run.1").contains(".B 125"));
     let daemon = read("man/overcommitd.8");
     assert!(
         daemon.contains(".TH overcommitd 8")
             && daemon.contains("check\\-config")
-            && daemon.contains("SIGHUP")
+            && daemon.contains("profiles\\-dir")
+            && daemon.contains(".B SIGHUP")
     );
-    assert!(read("man/overcommitd.toml.5").contains(".TH OVERCOMMITD.TOML 5"));
-    assert!(read("completions/overcommitctl").contains("--shape"));
-    assert!(read("completions/_overcommitctl").contains("#compdef overcommitctl"));
-    assert!(read("completions/overcommitctl.fish").contains("complete -c overcommitctl"));
+    let toml = read("man/overcommitd.toml.5");
+    for section in [".SH FILES", ".SH EXAMPLES", ".SH \"SEE ALSO\""] {
+        assert!(toml.contains(section), "overcommitd.toml.5 lacks {section}");
+    }
+    // man itself renders every page without a warning.
+    for page in pages.iter().chain([&"man/overcommitd.toml.5".to_string()]) {
+        let output = Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l"])
+            .arg(out.path().join(page))
+            .env("MANWIDTH", "80")
+            .env("LC_ALL", "C.UTF-8")
+            .output();
+        match output {
+            Ok(o) => {
+                let warnings = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    o.status.success() && warnings.trim().is_empty(),
+                    "{page}: {warnings}"
+                );
+                assert!(o.stdout.len() > 500, "{page} renders to nothing");
+            }
+            Err(e) => {
+                return common::skip::skip(&format!(
+                    "man cannot run ({e}): apt-get install man-db groff-base"
+                ))
+            }
+        }
+    }
 }
 
-const SITE: &str = common::HEURISTIC_CONFIG;
-
-/// A `scontrol` that prints one job record, first in PATH.
-fn fake_scontrol(dir: &Path, record: &str) -> String {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let script = bin.join("scontrol");
-    std::fs::write(&script, format!("#!/bin/sh\ncat <<'EOF'\n{record}\nEOF\n")).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+/// What bash completes for the words of `line` (the last one being completed), with the
+/// packaged completion script and the built overcommitctl first in PATH.
+fn bash_completions(script: &Path, line: &[&str]) -> Vec<String> {
     let ctl_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
         .parent()
         .unwrap();
-    format!(
-        "{}:{}:{}",
-        bin.display(),
-        ctl_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    let words: Vec<String> = line.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={}\n_overcommitctl overcommitctl '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        words.join(" "),
+        line.len() - 1,
+        line[line.len() - 1],
+        line[line.len() - 2],
+    );
+    let (code, out, err) = run(common::clean("/bin/bash")
+        .args(["--norc", "-c", &program])
+        .env("PATH", format!("{}:/usr/bin:/bin", ctl_dir.display()))
+        .env(
+            "OVERCOMMIT_CONFIG",
+            repo().join("etc/overcommitd/overcommitd.toml"),
+        )
+        .env("OVERCOMMIT_SOCKET", "/nonexistent/overcommitd.sock"));
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(String::from).collect()
 }
 
 #[test]
-fn the_slurm_prolog_and_epilog_take_and_release_a_lease_per_job() {
-    let daemon = Daemon::start("m1024-swap512-mode0", SITE, &[]);
-    let record = "JobId=42 JobName=numpy UserId=alice(1000) Comment=overcommit=always TimeLimit=01:30:00 Partition=big";
-    let path = fake_scontrol(daemon.dir.path(), record);
-    let hook = |name: &str| {
-        let mut command = daemon.command(repo().join("contrib/slurm").join(name));
-        command
-            .env("PATH", &path)
-            .env("SLURM_JOB_ID", "42")
-            .env("SLURM_JOB_UID", "1000");
-        command
-    };
-    let (code, _, err) = run(&mut hook("prolog.sh"));
+fn completions_offer_modes_profiles_and_dtypes_and_files_only_for_paths() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(Command::new(example("package_assets")).arg(out.path()));
     assert_eq!(code, 0, "{err}");
+    let bash = out.path().join("completions/overcommitctl");
+    let modes = bash_completions(&bash, &["overcommitctl", "check", "--mode", ""]);
+    assert_eq!(modes, ["heuristic", "always", "never"]);
     assert_eq!(
-        daemon.mode(),
-        "1",
-        "the job's lease is in force:\n{}",
-        daemon.log()
+        bash_completions(&bash, &["overcommitctl", "set", "n"]),
+        ["never"],
+        "set MODE"
     );
-    let (_, out, _) = run(daemon.ctl().args(["leases", "--json"]));
-    let leases: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let lease = &leases["leases"][0];
-    assert_eq!(lease["tag"], "slurm-42");
-    let ttl = lease["ttl_secs"].as_u64().unwrap();
+    let profiles = bash_completions(&bash, &["overcommitctl", "apply", ""]);
+    for name in SHIPPED_PROFILES {
+        assert!(
+            profiles.iter().any(|p| p == name),
+            "{name} not in {profiles:?}"
+        );
+    }
+    assert_eq!(
+        bash_completions(&bash, &["overcommitctl", "verify", "hpc-strict-"]),
+        ["hpc-strict-swap"]
+    );
+    let dtypes = bash_completions(&bash, &["overcommitctl", "check", "--dtype", "float"]);
+    assert_eq!(dtypes, ["float64", "float32", "float16"]);
+    // A number is not a file name.
+    assert_eq!(
+        bash_completions(&bash, &["overcommitctl", "check", "--ratio", "9"]),
+        ["9"]
+    );
     assert!(
-        (5990..=6010).contains(&ttl),
-        "TTL = the 1h30 time limit + 10 min, got {ttl}"
+        !bash_completions(&bash, &["overcommitctl", "check", "--proc-root", "/pro"]).is_empty(),
+        "a directory is completed"
     );
-    let (code, _, err) = run(&mut hook("epilog.sh"));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(daemon.mode(), "0", "released");
-    // A job that did not ask gets nothing, and the hooks still succeed.
-    let plain = fake_scontrol(
-        daemon.dir.path(),
-        "JobId=43 Comment=(null) TimeLimit=UNLIMITED",
-    );
-    let (code, _, _) = run(hook("prolog.sh")
-        .env("PATH", &plain)
-        .env("SLURM_JOB_ID", "43"));
-    assert_eq!(code, 0);
-    assert_eq!(daemon.mode(), "0");
-    let (code, _, _) = run(hook("epilog.sh").env("SLURM_JOB_ID", "43"));
-    assert_eq!(code, 0, "no lease to release is not a failure");
-}
-
-#[test]
-fn the_nhc_check_passes_in_line_and_fails_on_drift() {
-    let daemon = Daemon::start("m1024-swap512-mode0", SITE, &[]);
-    let script = format!(
-        "die() {{ echo \"DIE $*\"; }}\n. {}\ncheck_overcommit_policy default && echo PASS",
-        repo().join("contrib/nhc/overcommit.nhc").display()
-    );
-    let ctl_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let path = format!("{ctl_dir}:{}", std::env::var("PATH").unwrap_or_default());
-    let (code, out, err) = run(daemon
-        .command("bash")
-        .env("PATH", &path)
-        .args(["-c", &script]));
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("PASS"), "{out}");
-    std::fs::write(daemon.path("proc/sys/vm/overcommit_memory"), "2\n").unwrap();
-    let (_, out, _) = run(daemon
-        .command("bash")
-        .env("PATH", &path)
-        .args(["-c", &script]));
+    let zsh = std::fs::read_to_string(out.path().join("completions/_overcommitctl")).unwrap();
+    assert!(zsh.starts_with("#compdef overcommitctl"));
     assert!(
-        out.contains("DIE 1 check_overcommit_policy: overcommit policy drift"),
-        "{out}"
+        zsh.contains("_overcommitctl_profiles() {")
+            && zsh.contains("':profile:_overcommitctl_profiles'")
+            && zsh.contains("(heuristic always never)"),
+        "zsh"
+    );
+    let fish = std::fs::read_to_string(out.path().join("completions/overcommitctl.fish")).unwrap();
+    assert!(
+        fish.contains("-f -a \"(overcommitctl profiles --names 2>/dev/null)\"")
+            && fish.contains("-l mode")
+            && fish.contains("heuristic"),
+        "fish"
     );
 }
 
+/// A settings file with an error (a shell error would end a sourcing shell and fail the hook):
+/// the hooks exit 0 with their defaults and say why.
 #[test]
-fn the_prometheus_exporter_writes_the_textfile() {
+fn hooks_survive_a_broken_settings_file() {
     let dir = tempfile::tempdir().unwrap();
-    let ctl_dir = Path::new(env!("CARGO_BIN_EXE_overcommitctl"))
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let (code, _, err) = run(common::clean(
-        repo().join("contrib/prometheus/overcommit-textfile.sh"),
+    let settings = dir.path().join("overcommit.default");
+    let log = dir.path().join("hooks.log");
+    for broken in ["export 1x=y\n", "if then fi\n", "exit 7\n"] {
+        std::fs::write(
+            &settings,
+            format!("OVERCOMMIT_SLURM_LOG={}\n{broken}", log.display()),
+        )
+        .unwrap();
+        for hook in ["prolog.sh", "epilog.sh"] {
+            let (code, out, err) = run(common::clean("/bin/sh")
+                .arg(repo().join("contrib/slurm").join(hook))
+                .env("OVERCOMMIT_SLURM_CONF", &settings)
+                .env("SLURM_JOB_ID", "77")
+                .env("SLURM_JOB_UID", "65534")
+                .env("SLURM_JOB_COMMENT", "overcommit=always")
+                // Whatever the defaults reach, never a real daemon.
+                .env("OVERCOMMIT_SOCKET", "/nonexistent/overcommitd.sock"));
+            assert_eq!(code, 0, "{hook} with {broken:?}: {out}{err}");
+        }
+    }
+    // The log file was named in the broken file itself, so nothing of it applied: the
+    // hooks logged to syslog only. With a good file, they log there.
+    std::fs::write(
+        &settings,
+        format!(
+            "OVERCOMMIT_SLURM_LOG={}\nOVERCOMMITCTL=/nonexistent/overcommitctl\nSQUEUE=/nonexistent/squeue\n",
+            log.display()
+        ),
     )
-    .arg(dir.path())
-    .env(
-        "PATH",
-        format!("{ctl_dir}:{}", std::env::var("PATH").unwrap_or_default()),
-    )
-    .env(
-        "OVERCOMMIT_PROC_ROOT",
-        common::fixture_proc("m512-noswap-mode2-ratio50"),
-    ));
-    assert_eq!(code, 0, "{err}");
-    let text = std::fs::read_to_string(dir.path().join("overcommit.prom")).unwrap();
-    assert!(text.contains("overcommit_mode 2\n"), "{text}");
-    let top = std::fs::read_to_string(dir.path().join("overcommit-top.prom")).unwrap();
+    .unwrap();
+    let (code, _, _) = run(common::clean("/bin/sh")
+        .arg(repo().join("contrib/slurm/prolog.sh"))
+        .env("OVERCOMMIT_SLURM_CONF", &settings)
+        .env("SLURM_JOB_ID", "78")
+        .env("SLURM_JOB_UID", "65534")
+        .env("SLURM_JOB_COMMENT", "x overcommit=always y"));
+    assert_eq!(code, 0);
+    let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
-        top.contains("overcommit_not_process_charged_bytes{kind=\"shmem\"}"),
-        "{top}"
+        logged.contains("prolog job 78: squeue failed")
+            && logged.contains("prolog job 78: no lease (always for uid 65534)"),
+        "{logged}"
     );
 }

@@ -1,11 +1,28 @@
 #!/bin/sh
-# Slurm Epilog (runs as root on each node after the job): releases the job's overcommit
-# lease, if prolog.sh took one. Never fails (a failing epilog drains the node).
-[ -n "$SLURM_JOB_ID" ] || exit 0
-out=$(overcommitctl release --tag "slurm-$SLURM_JOB_ID" 2>&1)
-case $? in
-    0) logger -t overcommit-epilog "job $SLURM_JOB_ID: $out" 2>/dev/null ;;
-    1) ;; # no lease for this job: nothing to do
-    *) logger -t overcommit-epilog "job $SLURM_JOB_ID: $out" 2>/dev/null ;;
-esac
+# Slurm Epilog (slurmd runs it as root on each node after the job): releases the job's lease,
+# if prolog.sh took one. Settings: /etc/default/overcommit (see prolog.sh). A failing epilog
+# drains the node, so this one always exits 0: problems are logged. A lease it could not
+# release ends at its TTL (the job's time limit plus a grace).
+
+HOOK=epilog
+# (A `.` of a missing file would end the shell with an error: looked at first.)
+if [ ! -r "${0%/*}/hooks.sh" ]; then
+    logger -t overcommit-epilog "${0%/*}/hooks.sh is missing: nothing done" 2>/dev/null
+    exit 0
+fi
+# shellcheck source=contrib/slurm/hooks.sh
+. "${0%/*}/hooks.sh"
+
+main() {
+    case ${SLURM_JOB_ID:-} in '' | *[!0-9]*) return 0 ;; esac
+    out=$("$OVERCOMMITCTL" --timeout "$OVERCOMMIT_TIMEOUT" --json release --tag "slurm-$SLURM_JOB_ID" 2>&1)
+    case $? in
+        0) log "released: $out" ;;
+        # No lease with this tag: the job had none.
+        1) case $out in *'"not_found"'*) ;; *) log "release failed: $out" ;; esac ;;
+        *) log "release failed (its TTL will end it): $out" ;;
+    esac
+}
+
+main
 exit 0

@@ -253,6 +253,8 @@ struct Loaded {
     changed_on_disk: Vec<DiskChange>,
     disk_error: Option<String>,
     daemon: Option<DaemonView>,
+    /// Why overcommitd did not answer, when it did not.
+    unreachable: Option<ClientError>,
 }
 
 /// What overcommitd says about itself when it answers (what the command asked for).
@@ -268,42 +270,49 @@ enum Ask {
     /// Only the profiles: `status` would make the daemon look for drift and enforce it first,
     /// which `verify PROFILE` must see, not hide.
     Profiles,
-    /// Its status too (the effective policy; drift is handled before it answers).
-    Status,
-    /// Its status and the live leases (what `apply` would leave in force).
+    /// The profiles and the live leases (still no status: `verify PROFILE`).
+    ProfilesAndLeases,
+    /// Its status (drift is handled before it answers) and the live leases (what `apply` would leave in force).
     StatusAndLeases,
 }
 
-/// Asks overcommitd on one connection; `None` when it does not answer.
-fn ask_daemon(globals: &Globals, ask: Ask) -> Result<Option<(DaemonView, ProfileList)>, CtlError> {
+/// Asks overcommitd on one connection; `Err` with the failure when it does not answer.
+fn ask_daemon(
+    globals: &Globals,
+    ask: Ask,
+) -> Result<Result<(DaemonView, ProfileList), ClientError>, CtlError> {
     let mut client = match Client::connect(&globals.socket) {
         Ok(client) => client,
-        Err(ClientError::Unreachable { .. }) => return Ok(None),
+        Err(e @ ClientError::Unreachable { .. }) => return Ok(Err(e)),
         Err(e) => return Err(e.into()),
     };
     let mut view = DaemonView::default();
-    if !matches!(ask, Ask::Profiles) {
+    if matches!(ask, Ask::StatusAndLeases) {
         view.status = Some(client.call(&Request::Status)?);
     }
     let profiles: ProfileList = client.call(&Request::Profiles)?;
-    if matches!(ask, Ask::StatusAndLeases) {
+    if matches!(ask, Ask::StatusAndLeases | Ask::ProfilesAndLeases) {
         view.leases = Some(client.call(&Request::Leases)?);
     }
-    Ok(Some((view, profiles)))
+    Ok(Ok((view, profiles)))
 }
 
 fn loaded_profiles(globals: &Globals, ask: Ask) -> Result<Loaded, CtlError> {
-    let Some((view, list)) = ask_daemon(globals, ask)? else {
-        let config = load_config(globals)?;
-        return Ok(Loaded {
-            source: Source::ConfigFile,
-            baseline: config.daemon.baseline.clone(),
-            profiles: config.profiles.into_values().collect(),
-            disk: DiskState::Read,
-            changed_on_disk: Vec::new(),
-            disk_error: None,
-            daemon: None,
-        });
+    let (view, list) = match ask_daemon(globals, ask)? {
+        Ok(answer) => answer,
+        Err(unreachable) => {
+            let config = load_config(globals)?;
+            return Ok(Loaded {
+                source: Source::ConfigFile,
+                baseline: config.daemon.baseline.clone(),
+                profiles: config.profiles.into_values().collect(),
+                disk: DiskState::Read,
+                changed_on_disk: Vec::new(),
+                disk_error: None,
+                daemon: None,
+                unreachable: Some(unreachable),
+            });
+        }
     };
     let on_disk = Config::load(&globals.config);
     // The wire carries no server paths: a profile's file is the one on disk of that name.
@@ -335,6 +344,7 @@ fn loaded_profiles(globals: &Globals, ask: Ask) -> Result<Loaded, CtlError> {
         changed_on_disk,
         disk_error,
         daemon: Some(view),
+        unreachable: None,
     })
 }
 
@@ -560,8 +570,40 @@ struct Against {
     kind: AgainstKind,
     /// The profile or baseline name.
     name: String,
-    /// Live leases (against the daemon only).
+    /// Live leases (when the daemon answered).
     leases: Option<usize>,
+}
+
+/// `verify PROFILE` while leases are live: is the daemon's baseline that profile?
+#[derive(Debug, Serialize)]
+struct BaselineCheck {
+    expected: String,
+    /// The daemon's baseline (a profile, `custom`, `adopted`, `found` or `boot`).
+    actual: Option<String>,
+    ok: bool,
+}
+
+/// A live lease as `verify` lists it: what keeps the kernel off the baseline.
+#[derive(Debug, Serialize)]
+struct LeaseInForce {
+    id: String,
+    owner: String,
+    owner_uid: u32,
+    tag: Option<String>,
+    policy: Policy,
+    expires_at_unix_secs: u64,
+}
+
+/// Drift overcommitd found (and enforced, warned about or adopted) behind its back.
+#[derive(Debug, Serialize)]
+struct DriftReport {
+    /// The daemon's count since it started.
+    events: u64,
+    /// Events since the last verify that kept the same state file (`None`: no state file).
+    since_last_verify: Option<u64>,
+    last: Option<crate::protocol::DriftEvent>,
+    /// The file that remembers what was reported.
+    state_file: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -569,108 +611,322 @@ struct VerifyReport {
     against: Against,
     source: Source,
     in_line: bool,
+    /// `verify PROFILE --strict`: the kernel itself against the profile, leases or not.
+    strict: bool,
     checks: Vec<Check>,
+    baseline_check: Option<BaselineCheck>,
+    leases_in_force: Vec<LeaseInForce>,
+    drift: Option<DriftReport>,
     config_on_disk: DiskState,
     changed_on_disk: Vec<DiskChange>,
 }
 
-/// `verify [PROFILE]`: exit 0 in line, 1 drift.
-pub fn verify(globals: &Globals, profile: Option<&str>) -> Result<u8, CtlError> {
+/// What `verify` remembers between runs: the drift it has reported.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct DriftSeen {
+    events: u64,
+    last_at: u64,
+}
+
+/// Where verify keeps what it reported: given, or root's default.
+fn drift_state_file(given: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    match given {
+        Some(path) if path.as_os_str() == "none" => None,
+        Some(path) => Some(path.to_path_buf()),
+        None if nix::unistd::geteuid().is_root() => Some(DEFAULT_DRIFT_STATE.into()),
+        None => None,
+    }
+}
+
+/// Root's record of the drift `verify` has reported (tmpfs: gone at reboot, like the
+/// daemon's count).
+pub const DEFAULT_DRIFT_STATE: &str = "/run/overcommit/verify-drift";
+
+/// Drift since the record in `file`, which is then brought up to date. A daemon restarted
+/// since (its count went down) counts from zero.
+fn drift_since(file: &std::path::Path, status: &DaemonStatus) -> u64 {
+    let seen: DriftSeen = std::fs::read(file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let last_at = status.last_drift.as_ref().map_or(0, |d| d.at);
+    let new = if status.drift_events >= seen.events {
+        status.drift_events - seen.events
+    } else if last_at >= seen.last_at {
+        // Restarted: its count began again.
+        status.drift_events
+    } else {
+        0
+    };
+    let now = DriftSeen {
+        events: status.drift_events,
+        last_at,
+    };
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&now).unwrap_or_default())?;
+        std::fs::rename(&tmp, file)
+    };
+    if let Err(e) = write() {
+        eprintln!(
+            "overcommitctl: cannot record the drift reported in {}: {e} (the next verify reports it again)",
+            file.display()
+        );
+    }
+    new
+}
+
+/// `verify [PROFILE] [--strict]`: exit 0 in line, 1 drift, 3 when overcommitd is expected on
+/// this node but does not answer.
+pub fn verify(
+    globals: &Globals,
+    profile: Option<&str>,
+    strict: bool,
+    drift_state: Option<&std::path::Path>,
+) -> Result<u8, CtlError> {
     let ask = match profile {
-        Some(_) => Ask::Profiles,
-        None => Ask::Status,
+        Some(_) => Ask::ProfilesAndLeases,
+        None => Ask::StatusAndLeases,
     };
     let loaded = loaded_profiles(globals, ask)?;
-    let node = globals.proc_root().node()?;
-    let daemon_status = loaded.daemon.as_ref().and_then(|d| d.status.as_ref());
-    let (against, expected) = match (profile, daemon_status) {
-        (Some(name), _) => {
-            let profile = loaded.find(name)?;
-            (
-                Against {
-                    kind: AgainstKind::Profile,
-                    name: name.to_string(),
-                    leases: None,
-                },
-                Expected::of_profile(profile),
-            )
+    if let Some(source) = loaded.unreachable {
+        let expected = daemon_expected(&globals.config, &globals.sysctl_root);
+        if !expected.is_empty() {
+            return Err(CtlError::DaemonSilent { expected, source });
         }
-        (None, Some(status)) => (
-            Against {
+        return verify_against_file(
+            globals,
+            profile,
+            &Loaded {
+                unreachable: None,
+                ..loaded
+            },
+        );
+    }
+    let node = globals.proc_root().node()?;
+    let view = loaded.daemon.as_ref();
+    let live: Vec<&crate::protocol::LeaseInfo> = view
+        .and_then(|v| v.leases.as_ref())
+        .map(|l| l.leases.iter().collect())
+        .unwrap_or_default();
+    let leases_in_force = live
+        .iter()
+        .map(|l| LeaseInForce {
+            id: l.id.clone(),
+            owner: l.owner.clone(),
+            owner_uid: l.owner_uid,
+            tag: l.tag.clone(),
+            policy: l.policy,
+            expires_at_unix_secs: l.expires_at,
+        })
+        .collect();
+    let status = view.and_then(|v| v.status.as_ref());
+    let (against, expected, baseline_check, drift) = match (profile, status) {
+        (Some(name), _) => {
+            let found = loaded.find(name)?;
+            let mut expected = Expected::of_profile(found);
+            let mut baseline_check = None;
+            if !live.is_empty() && !strict {
+                // The leases keep the kernel off the profile: judge the baseline, and the
+                // kernel against what the profile and the leases make together.
+                let base = found.policy(node.tunables.limit_clamped());
+                let effective = effective_policy(&node, &base, live.iter().map(|l| &l.policy));
+                expected.policy = Some(effective);
+                expected.mode = effective.mode;
+                baseline_check = Some(BaselineCheck {
+                    expected: name.to_string(),
+                    actual: loaded.baseline.clone(),
+                    ok: loaded.baseline.as_deref() == Some(name),
+                });
+            }
+            let against = Against {
+                kind: AgainstKind::Profile,
+                name: name.to_string(),
+                leases: Some(live.len()),
+            };
+            (against, expected, baseline_check, None)
+        }
+        (None, Some(status)) => {
+            let state = drift_state_file(drift_state);
+            let since = state.as_deref().map(|file| drift_since(file, status));
+            let against = Against {
                 kind: AgainstKind::Daemon,
                 name: status.baseline.name.clone(),
                 leases: Some(status.leases),
-            },
-            Expected {
-                policy: Some(status.effective),
-                mode: status.effective.mode,
+            };
+            let expected = Expected {
+                policy: Some(status.in_force),
+                mode: status.in_force.mode,
                 swappiness: status.baseline.swappiness,
                 min_swap: None,
-            },
-        ),
-        (None, None) => {
-            let name = loaded.baseline.clone().ok_or(CtlError::NothingToVerify)?;
-            let profile = loaded.find(&name)?;
-            (
-                Against {
-                    kind: AgainstKind::ConfiguredBaseline,
-                    name,
-                    leases: None,
-                },
-                Expected::of_profile(profile),
-            )
+            };
+            let drift = DriftReport {
+                events: status.drift_events,
+                since_last_verify: since,
+                last: status.last_drift.clone(),
+                state_file: state.map(|p| p.display().to_string()),
+            };
+            (against, expected, None, Some(drift))
         }
+        (None, None) => return Err(CtlError::NothingToVerify),
     };
     let checks = compare(&node, &expected);
+    let drifted = drift
+        .as_ref()
+        .is_some_and(|d| d.since_last_verify.is_some_and(|n| n > 0));
     let report = VerifyReport {
-        in_line: checks.iter().all(|c| c.ok),
+        in_line: checks.iter().all(|c| c.ok)
+            && baseline_check.as_ref().is_none_or(|b| b.ok)
+            && !drifted,
         against,
         source: loaded.source,
+        strict,
         checks,
+        baseline_check,
+        leases_in_force,
+        drift,
         config_on_disk: loaded.disk,
         changed_on_disk: loaded.changed_on_disk.clone(),
     };
+    print_verify(globals, &loaded, &report)
+}
+
+/// Without a daemon (none expected here): the kernel against a profile, or against the
+/// configured baseline, from the configuration file.
+fn verify_against_file(
+    globals: &Globals,
+    profile: Option<&str>,
+    loaded: &Loaded,
+) -> Result<u8, CtlError> {
+    let node = globals.proc_root().node()?;
+    let (kind, name) = match profile {
+        Some(name) => (AgainstKind::Profile, name.to_string()),
+        None => (
+            AgainstKind::ConfiguredBaseline,
+            loaded.baseline.clone().ok_or(CtlError::NothingToVerify)?,
+        ),
+    };
+    let checks = compare(&node, &Expected::of_profile(loaded.find(&name)?));
+    let report = VerifyReport {
+        in_line: checks.iter().all(|c| c.ok),
+        against: Against {
+            kind,
+            name,
+            leases: None,
+        },
+        source: loaded.source,
+        strict: false,
+        checks,
+        baseline_check: None,
+        leases_in_force: Vec::new(),
+        drift: None,
+        config_on_disk: loaded.disk,
+        changed_on_disk: loaded.changed_on_disk.clone(),
+    };
+    print_verify(globals, loaded, &report)
+}
+
+fn print_verify(globals: &Globals, loaded: &Loaded, report: &VerifyReport) -> Result<u8, CtlError> {
     if globals.json {
-        print_json(&report)?;
-    } else {
-        let verdict = if report.in_line {
-            paint(GOOD, "in line")
-        } else {
-            paint(BAD, "DRIFT")
-        };
-        let against = match report.against.kind {
-            AgainstKind::Profile => format!("profile {}", report.against.name),
-            AgainstKind::Daemon => format!(
-                "overcommitd's effective policy (baseline {} and {} lease(s))",
-                report.against.name,
-                report.against.leases.unwrap_or(0)
-            ),
-            AgainstKind::ConfiguredBaseline => format!(
-                "the configured baseline {} (overcommitd is not running)",
-                report.against.name
-            ),
-        };
-        let mut text = format!("verify against {against}: {verdict}\n");
-        let mut section = Section::new("");
-        for c in &report.checks {
-            let mark = if c.ok {
-                paint(GOOD, "ok")
-            } else {
-                paint(BAD, "differs")
-            };
-            let expected = match c.comparison {
-                Comparison::Equal => format!("expected {}", c.show(c.expected)),
-                Comparison::AtLeast => format!("expected >= {}", c.show(c.expected)),
-            };
-            section.row(
-                c.key,
-                expected,
-                format!("kernel {}  {mark}", c.show(c.actual)),
-            );
-        }
-        text.push_str(&section.to_string());
-        print_text(&loaded.with_note(text))?;
+        print_json(report)?;
+        return Ok(if report.in_line { 0 } else { 1 });
     }
+    let verdict = if report.in_line {
+        paint(GOOD, "in line")
+    } else {
+        paint(BAD, "DRIFT")
+    };
+    let leases = report.against.leases.unwrap_or(0);
+    let against = match report.against.kind {
+        AgainstKind::Profile if report.strict => {
+            format!(
+                "profile {} (--strict: the kernel itself)",
+                report.against.name
+            )
+        }
+        AgainstKind::Profile if report.baseline_check.is_some() => format!(
+            "profile {} as the baseline, with the {leases} live lease(s)",
+            report.against.name
+        ),
+        AgainstKind::Profile => format!("profile {}", report.against.name),
+        AgainstKind::Daemon => format!(
+            "overcommitd's effective policy (baseline {} and {leases} lease(s))",
+            report.against.name
+        ),
+        AgainstKind::ConfiguredBaseline => format!(
+            "the configured baseline {} (overcommitd is not running)",
+            report.against.name
+        ),
+    };
+    let mut text = format!("verify against {against}: {verdict}\n");
+    let mut section = Section::new("");
+    let mark = |ok: bool| {
+        if ok {
+            paint(GOOD, "ok")
+        } else {
+            paint(BAD, "differs")
+        }
+    };
+    if let Some(b) = &report.baseline_check {
+        section.row(
+            "baseline",
+            format!("expected {}", b.expected),
+            format!(
+                "overcommitd {}  {}",
+                b.actual.as_deref().unwrap_or("none"),
+                mark(b.ok)
+            ),
+        );
+    }
+    for c in &report.checks {
+        let expected = match c.comparison {
+            Comparison::Equal => format!("expected {}", c.show(c.expected)),
+            Comparison::AtLeast => format!("expected >= {}", c.show(c.expected)),
+        };
+        section.row(
+            c.key,
+            expected,
+            format!("kernel {}  {}", c.show(c.actual), mark(c.ok)),
+        );
+    }
+    text.push_str(&section.to_string());
+    if !report.leases_in_force.is_empty() {
+        text.push_str("leases in force (node-wide):\n");
+        for l in &report.leases_in_force {
+            text.push_str(&format!(
+                "  {} {} of {}{}, ends in {}\n",
+                &l.id[..l.id.len().min(8)],
+                l.policy,
+                l.owner,
+                l.tag
+                    .as_deref()
+                    .map(|t| format!(" (tag {t})"))
+                    .unwrap_or_default(),
+                super::lease::time_left(l.expires_at_unix_secs)
+            ));
+        }
+    }
+    if let Some(drift) = &report.drift {
+        if let (Some(n), Some(last)) = (drift.since_last_verify.filter(|&n| n > 0), &drift.last) {
+            text.push_str(&format!(
+                "{} overcommitd found the policy changed behind its back {n} time(s) since the last verify; the last: the kernel held {}, expected {} ({})\n",
+                paint(BAD, "drift:"),
+                last.found,
+                last.expected,
+                last.action
+            ));
+        } else if drift.since_last_verify.is_none() && drift.events > 0 {
+            text.push_str(&format!(
+                "{} overcommitd has found drift {} time(s) since it started (run as root, or give --drift-state, to have it judged since the last verify)\n",
+                paint(DIM, "note:"),
+                drift.events
+            ));
+        }
+    }
+    print_text(&loaded.with_note(text))?;
     Ok(if report.in_line { 0 } else { 1 })
 }
 
@@ -679,6 +935,11 @@ struct ApplyCheck {
     profile: String,
     source: Source,
     would_change: bool,
+    /// overcommitd's baseline now (`None` without a daemon).
+    current_baseline: Option<String>,
+    /// overcommitd's baseline is not this profile (by name, policy or swappiness): applying
+    /// changes it even while a lease keeps the kernel where it is.
+    baseline_would_change: bool,
     /// The baseline the profile makes (with the limit it keeps when it names none).
     baseline_policy: Policy,
     /// What the kernel would hold: the baseline, or a live lease's more permissive policy.
@@ -748,10 +1009,20 @@ pub fn apply_check(globals: &Globals, name: &str) -> Result<u8, CtlError> {
             to: swappiness,
         });
     }
+    let current = loaded
+        .daemon
+        .as_ref()
+        .and_then(|v| v.status.as_ref())
+        .map(|s| &s.baseline);
+    let baseline_would_change = current.is_some_and(|b| {
+        (b.name.as_str(), b.policy, b.swappiness) != (name, baseline, profile.swappiness)
+    });
     let report = ApplyCheck {
         profile: name.to_string(),
         source: loaded.source,
-        would_change: !changes.is_empty(),
+        would_change: !changes.is_empty() || baseline_would_change,
+        current_baseline: current.map(|b| b.name.clone()),
+        baseline_would_change,
         baseline_policy: baseline,
         effective_policy: effective,
         changes,
@@ -765,10 +1036,16 @@ pub fn apply_check(globals: &Globals, name: &str) -> Result<u8, CtlError> {
             Source::Daemon => "as overcommitd has it loaded",
             Source::ConfigFile => "from the configuration file; overcommitd does not answer",
         };
-        let mut text = if report.changes.is_empty() {
+        let mut text = if !report.would_change {
             format!(
                 "apply {name} ({from}): {}\n",
                 paint(GOOD, "nothing to change")
+            )
+        } else if report.changes.is_empty() {
+            format!(
+                "apply {name} ({from}) {} the baseline {} -> {name}; the kernel stays as it is while leases keep {effective} in force\n",
+                paint(WARN, "would change"),
+                report.current_baseline.as_deref().unwrap_or("?"),
             )
         } else {
             let mut text = format!(
@@ -820,8 +1097,17 @@ struct ProfilesReport<'a> {
 }
 
 /// `profiles`: the profiles (as the daemon has them loaded when it runs).
-pub fn profiles(globals: &Globals) -> Result<u8, CtlError> {
+pub fn profiles(globals: &Globals, names: bool) -> Result<u8, CtlError> {
     let loaded = loaded_profiles(globals, Ask::Profiles)?;
+    if names {
+        let mut text = String::new();
+        for p in &loaded.profiles {
+            text.push_str(&p.name);
+            text.push('\n');
+        }
+        print_text(&text)?;
+        return Ok(0);
+    }
     if globals.json {
         print_json(&ProfilesReport {
             source: loaded.source,

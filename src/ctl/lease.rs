@@ -5,13 +5,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::cli::LeaseOptions;
+use crate::cli::{LeaseArgs, LeaseOptions};
 use crate::client;
 use crate::model::{Mode, Policy};
 use crate::output::{paint, DIM, HEADING};
 use crate::protocol::{
     LeaseGranted, LeaseInfo, LeaseList, LeaseRequest, PolicyRequest, Released, Request,
 };
+use crate::slurm::TimeLimit;
 
 use super::{print_json, print_text, CtlError, Globals};
 
@@ -39,6 +40,8 @@ pub(super) fn lease_request(options: &LeaseOptions, hold: bool) -> Result<Reques
         tag: options.tag.clone(),
         reason: options.reason.clone(),
         hold,
+        for_uid: None,
+        clamp_ttl: false,
     }))
 }
 
@@ -56,6 +59,8 @@ pub(super) struct LeaseView<'a> {
     id: &'a str,
     owner_uid: u32,
     owner: &'a str,
+    /// The uid that asked for it when not the owner (root, on behalf of a job's user).
+    requester_uid: Option<u32>,
     requester_pid: i32,
     requester_comm: &'a str,
     /// The lease's own policy (what it asked for).
@@ -74,6 +79,7 @@ impl<'a> From<&'a LeaseInfo> for LeaseView<'a> {
             id: &l.id,
             owner_uid: l.owner_uid,
             owner: &l.owner,
+            requester_uid: l.requester_uid,
             requester_pid: l.requester_pid,
             requester_comm: &l.requester_comm,
             policy: l.policy,
@@ -105,9 +111,23 @@ impl<'a> From<&'a LeaseGranted> for Grant<'a> {
     }
 }
 
-/// `lease [--ttl D] [...]`: prints the lease id (for `release`).
-pub fn lease(globals: &Globals, options: &LeaseOptions) -> Result<u8, CtlError> {
-    let granted: LeaseGranted = client::call(&globals.socket, &lease_request(options, false)?)?;
+/// `lease [--ttl D | --ttl-slurm TIME] [--for-uid UID] [...]`: prints the lease id (for
+/// `release`).
+pub fn lease(globals: &Globals, args: &LeaseArgs) -> Result<u8, CtlError> {
+    let mut request = lease_request(&args.lease, false)?;
+    if let Request::Lease(lease) = &mut request {
+        lease.for_uid = args.for_uid;
+        if let Some(limit) = args.ttl_slurm {
+            lease.clamp_ttl = true;
+            lease.ttl_secs = match limit {
+                TimeLimit::Limit(limit) => {
+                    Some(limit.saturating_add(args.ttl_grace).as_secs().max(1))
+                }
+                TimeLimit::Unlimited => None,
+            };
+        }
+    }
+    let granted: LeaseGranted = client::call(&globals.socket, &request)?;
     if globals.json {
         print_json(&Grant::from(&granted))?;
     } else {
@@ -198,7 +218,10 @@ fn row(lease: &LeaseInfo) -> [String; 7] {
     use crate::protocol::escape;
     [
         escape(&lease.id),
-        format!("{} ({})", escape(&lease.owner), lease.owner_uid),
+        match lease.requester_uid {
+            Some(by) => format!("{} ({}) by uid {by}", escape(&lease.owner), lease.owner_uid),
+            None => format!("{} ({})", escape(&lease.owner), lease.owner_uid),
+        },
         lease.holder_pid.map_or("-".into(), |pid| {
             format!("{pid} ({})", escape(&lease.requester_comm))
         }),

@@ -6,6 +6,7 @@ mod admin;
 mod check;
 mod lease;
 pub mod overcommitd;
+mod prometheus;
 mod run;
 mod status;
 pub mod top;
@@ -22,7 +23,7 @@ use crate::client::{self, ClientError};
 use crate::config::ConfigError;
 use crate::kernel::{KernelError, ProcRoot};
 use crate::model::{LimitError, LockoutRisk};
-use crate::protocol::PolicyRequest;
+use crate::protocol::{PolicyRequest, Request};
 use crate::sysctl_d::SysctlSources;
 
 pub use check::CheckReport;
@@ -60,6 +61,11 @@ pub enum CtlError {
         expected: Vec<Expectation>,
         source: ClientError,
     },
+    #[error("{source}; overcommitd is expected on this node ({}) but does not answer: the node's policy is not being kept (no leases, no drift correction). `systemctl status overcommitd`", overcommitd::describe(expected))]
+    DaemonSilent {
+        expected: Vec<Expectation>,
+        source: ClientError,
+    },
     #[error("no profile `{name}` (known: {known}){note}")]
     NoProfile {
         name: String,
@@ -84,7 +90,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Client(e) => e.exit_code(),
-            CtlError::DaemonExpected { .. } => 3,
+            CtlError::DaemonExpected { .. } | CtlError::DaemonSilent { .. } => 3,
             CtlError::Unsafe(_) => 1,
             CtlError::Kernel(KernelError::Write { .. } | KernelError::ReadBack { .. }) => 1,
             CtlError::Kernel(_)
@@ -103,7 +109,7 @@ impl CtlError {
     /// The stable code of `{"error": {"code": ...}}` (docs/json.md).
     pub fn code(&self) -> String {
         let code = match self {
-            CtlError::DaemonExpected { .. } => "unreachable",
+            CtlError::DaemonExpected { .. } | CtlError::DaemonSilent { .. } => "unreachable",
             CtlError::Client(e) => return client_code(e),
             CtlError::Kernel(KernelError::Write { .. } | KernelError::ReadBack { .. }) => "kernel",
             CtlError::Kernel(_) => "proc",
@@ -123,6 +129,7 @@ impl CtlError {
 fn client_code(error: &ClientError) -> String {
     match error {
         ClientError::Unreachable { .. } => "unreachable".into(),
+        ClientError::Timeout { .. } => "timeout".into(),
         ClientError::Io(_) | ClientError::BadReply(_) => "protocol".into(),
         ClientError::Daemon { code, .. } => client::code_name(*code),
     }
@@ -284,6 +291,7 @@ fn output_format(json: bool, format: StatusFormat) -> Result<StatusFormat, CtlEr
 /// Runs one `overcommitctl` invocation; returns the process exit code.
 pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
     let globals = &cli.global;
+    client::set_timeout(globals.timeout);
     let json = globals.json;
     match cli.command {
         CtlCommand::Status(args) => {
@@ -299,7 +307,16 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
                 _ if args.short => print_text(&report.short())?,
                 StatusFormat::Json => print_json(&report)?,
                 StatusFormat::Text => print_text(&report.render())?,
-                StatusFormat::Prometheus => print_text(&report.prometheus())?,
+                StatusFormat::Prometheus => {
+                    // The leases too, when the daemon answered (one more request).
+                    let leases = report
+                        .daemon
+                        .as_ref()
+                        .and_then(|_| client::call(&globals.socket, &Request::Leases).ok());
+                    print_text(&report.prometheus(leases.as_ref(), |jobs| {
+                        prometheus::slurm_job_processes(std::path::Path::new("/proc"), jobs)
+                    }))?
+                }
             }
             Ok(report.exit_code())
         }
@@ -327,10 +344,15 @@ pub fn run(cli: CtlCli) -> Result<u8, CtlError> {
         }
         CtlCommand::Apply(args) if args.check => admin::apply_check(globals, &args.profile),
         CtlCommand::Apply(args) => admin::apply(globals, &args.profile, args.force, args.direct),
-        CtlCommand::Verify(args) => admin::verify(globals, args.profile.as_deref()),
-        CtlCommand::Profiles => admin::profiles(globals),
+        CtlCommand::Verify(args) => admin::verify(
+            globals,
+            args.profile.as_deref(),
+            args.strict,
+            args.drift_state.as_deref(),
+        ),
+        CtlCommand::Profiles(args) => admin::profiles(globals, args.names),
         CtlCommand::Run(args) => Ok(run::run(globals, &args)),
-        CtlCommand::Lease(args) => lease::lease(globals, &args.lease),
+        CtlCommand::Lease(args) => lease::lease(globals, &args),
         CtlCommand::Release(args) => lease::release(globals, args.id, args.tag),
         CtlCommand::Leases => lease::leases(globals),
         CtlCommand::Top(args) => top::top(globals, &args),

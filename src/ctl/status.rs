@@ -168,6 +168,7 @@ impl StatusReport {
                 command: None,
             });
         }
+        report_findings.extend(daemon.as_ref().and_then(found_at_start_finding));
         report_findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         let mut report = StatusReport::new(
             &node,
@@ -287,93 +288,6 @@ impl StatusReport {
             socket: String::new(),
             commit_holders: None,
         }
-    }
-
-    /// The report in the Prometheus text format, for node-exporter's textfile collector.
-    pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, help: &str, samples: &[(&str, i128)]| {
-            out.push_str(&format!(
-                "# HELP overcommit_{name} {help}\n# TYPE overcommit_{name} gauge\n"
-            ));
-            for (labels, value) in samples {
-                out.push_str(&format!("overcommit_{name}{labels} {value}\n"));
-            }
-        };
-        let b = |v: u64| i128::from(v);
-        metric(
-            "mode",
-            "vm.overcommit_memory (0 heuristic, 1 always, 2 never).",
-            &[("", i128::from(self.mode_number))],
-        );
-        metric(
-            "ratio_percent",
-            "vm.overcommit_ratio.",
-            &[("", i128::from(self.overcommit_ratio))],
-        );
-        metric(
-            "kbytes",
-            "vm.overcommit_kbytes.",
-            &[("", b(self.overcommit_kbytes))],
-        );
-        metric(
-            "commit_limit_bytes",
-            "CommitLimit as the kernel reports it.",
-            &[("", b(self.commit_limit_bytes))],
-        );
-        metric(
-            "committed_as_bytes",
-            "Committed_AS.",
-            &[("", b(self.committed_as_bytes))],
-        );
-        metric(
-            "headroom_bytes",
-            "CommitLimit minus Committed_AS (enforced in mode never only).",
-            &[("", i128::from(self.headroom_bytes))],
-        );
-        metric(
-            "mem_total_bytes",
-            "MemTotal.",
-            &[("", b(self.mem_total_bytes))],
-        );
-        metric(
-            "swap_total_bytes",
-            "SwapTotal.",
-            &[("", b(self.swap_total_bytes))],
-        );
-        metric(
-            "hugetlb_bytes",
-            "Memory held by hugetlb pools.",
-            &[("", b(self.hugetlb_bytes))],
-        );
-        let largest: Vec<(&str, i128)> = [
-            ("{privilege=\"root\"}", self.largest_allocation.root_bytes),
-            ("{privilege=\"user\"}", self.largest_allocation.user_bytes),
-        ]
-        .into_iter()
-        .filter_map(|(labels, bytes)| bytes.map(|v| (labels, b(v))))
-        .collect();
-        metric(
-            "largest_allocation_bytes",
-            "Largest single allocation that would succeed now.",
-            &largest,
-        );
-        let count = |severity| {
-            self.findings
-                .iter()
-                .filter(|f| f.severity == severity)
-                .count() as i128
-        };
-        metric(
-            "findings",
-            "Findings of `overcommitctl status` by severity.",
-            &[
-                ("{severity=\"critical\"}", count(Severity::Critical)),
-                ("{severity=\"warning\"}", count(Severity::Warning)),
-                ("{severity=\"info\"}", count(Severity::Info)),
-            ],
-        );
-        out
     }
 
     /// The report for people.
@@ -610,5 +524,37 @@ fn mode_summary(mode: Mode) -> &'static str {
         Mode::Heuristic => "one request may not exceed MemTotal + SwapTotal",
         Mode::Always => "every request succeeds; pages are taken when touched",
         Mode::Never => "all commitments together stay below CommitLimit",
+    }
+}
+
+/// What overcommitd's first start in this boot found in the kernel, when the configuration
+/// names no baseline and it was not the node's boot policy: kept (lost at the next boot), or
+/// put back because it was more permissive (it could have been a lease's).
+fn found_at_start_finding(daemon: &DaemonStatus) -> Option<Finding> {
+    use crate::protocol::FoundAction;
+    let boot = daemon.found?;
+    let kept = daemon.baseline.name == crate::daemon::engine::FOUND;
+    let advice = "to keep a policy across boots, set it in /etc/sysctl.d/ or name a profile as `baseline` in overcommitd.toml (then `systemctl reload overcommitd`)";
+    match daemon.found_at_start.as_ref().map(|f| (f.action, f.kernel)) {
+        Some((FoundAction::Replaced, found)) => Some(Finding {
+            severity: Severity::Warning,
+            code: "boot_policy_restored",
+            message: format!(
+                "at its first start in this boot overcommitd found {found}, more permissive than the node's boot policy {boot}, and put the boot policy back (with no journal it cannot tell a run-time sysctl from a lease left behind)"
+            ),
+            advice: advice.into(),
+            command: None,
+        }),
+        _ if kept => Some(Finding {
+            severity: Severity::Warning,
+            code: "baseline_found",
+            message: format!(
+                "overcommitd keeps {} as its baseline: the kernel held it when overcommitd first started in this boot, set at run time; the node's boot policy is {boot}, which the next boot brings back",
+                daemon.baseline.policy
+            ),
+            advice: advice.into(),
+            command: None,
+        }),
+        _ => None,
     }
 }

@@ -21,6 +21,8 @@ pub struct Audit<'a> {
     pub actor: Option<Actor<'a>>,
     pub lease: Option<&'a str>,
     pub reason: Option<&'a str>,
+    /// The user a lease was granted to on root's request (`for_uid`).
+    pub for_uid: Option<u32>,
 }
 
 impl<'a> Audit<'a> {
@@ -31,6 +33,7 @@ impl<'a> Audit<'a> {
             actor: None,
             lease: None,
             reason: None,
+            for_uid: None,
         }
     }
 
@@ -66,6 +69,7 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
     };
     let lease = audit.lease.unwrap_or("-");
     let reason = audit.reason.unwrap_or("");
+    let for_uid = OrDash(audit.for_uid.map(i64::from));
     let before = KernelPolicy::from(before);
     let after = KernelPolicy::from(after);
     let mut message = String::with_capacity(256);
@@ -81,6 +85,8 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
     push_escaped(&mut message, comm);
     message.push_str("\" lease=");
     push_escaped(&mut message, lease);
+    message.push_str(" for_uid=");
+    for_uid.push_to(&mut message);
     message.push_str(" reason=\"");
     push_escaped(&mut message, reason);
     message.push_str("\" before=\"");
@@ -97,6 +103,7 @@ pub fn record(audit: &Audit<'_>, before: &Tunables, after: &Tunables, leases: us
         pid:% = pid,
         comm = comm,
         lease = lease,
+        for_uid:% = for_uid,
         reason = reason,
         before:% = before,
         after:% = after,

@@ -21,9 +21,9 @@ use crate::kernel::{Kernel, KernelError};
 use crate::lease::{effective_policy, Holder, Lease, LeaseId};
 use crate::model::{Knob, Limit, LimitError, LockoutRisk, Mode, Node, Policy, Tunables};
 use crate::protocol::{
-    is_clean_text, BaselineChanged, BaselineInfo, DaemonStatus, DriftEvent, ErrorCode, GuardHold,
-    KernelPolicy, LeaseGranted, LeaseInfo, LeaseList, LeaseRequest, PendingWrite, PolicyRequest,
-    ProfileInfo, ProfileList, Released, Reply, MAX_REASON, MAX_TAG,
+    is_clean_text, BaselineChanged, BaselineInfo, DaemonStatus, DriftEvent, ErrorCode, FoundAction,
+    FoundAtStart, GuardHold, KernelPolicy, LeaseGranted, LeaseInfo, LeaseList, LeaseRequest,
+    PendingWrite, PolicyRequest, ProfileInfo, ProfileList, Released, Reply, MAX_REASON, MAX_TAG,
 };
 
 use super::audit::{self, Audit};
@@ -94,6 +94,9 @@ impl DaemonError {
     }
 }
 
+/// The name of the baseline kept from the kernel at the first start in a boot.
+pub const FOUND: &str = "found";
+
 /// The first retry of a failed write comes after this; each further one waits twice as long,
 /// up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -162,6 +165,8 @@ pub struct Authorized {
     request: LeaseRequest,
     policy: Policy,
     ttl: Duration,
+    /// Whose lease it is: the peer's, or the user root asked for.
+    owner_uid: u32,
 }
 
 impl Authorized {
@@ -301,6 +306,8 @@ pub struct Engine<K: Kernel, J: JournalStore> {
     last_node: Option<Node>,
     /// Leases ended since the transport last asked (their holder watches can go).
     ended: Vec<LeaseId>,
+    /// What the first start in this boot found in the kernel, when it was not the boot policy.
+    found_at_start: Option<FoundAtStart>,
 }
 
 /// What [`Engine::start`] needs beyond the kernel and the journal.
@@ -323,14 +330,14 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         now: Duration,
         mut reopen: impl FnMut(&Holder) -> Option<W>,
     ) -> (Engine<K, J>, Vec<(LeaseId, W)>) {
-        let state = match journal.load() {
-            Ok(state) => state,
+        let (state, set_aside) = match journal.load() {
+            Ok(state) => (state, false),
             Err(e) => {
                 match journal.set_aside("unusable") {
                     Ok(name) => error!("{e}; set aside as {name}: starting without it"),
                     Err(aside) => error!("{e}; cannot set it aside ({aside}): starting without it"),
                 }
-                None
+                (None, true)
             }
         };
         let mut engine = Engine {
@@ -356,8 +363,10 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             next_drift_check: None,
             last_node: None,
             ended: Vec::new(),
+            found_at_start: None,
         };
         let mut watches = Vec::new();
+        let of_this_boot = matches!(&state, Some(s) if s.boot_id == engine.boot_id);
         match state {
             Some(state) if state.boot_id == engine.boot_id => {
                 engine.admin_baseline = state.admin_baseline;
@@ -394,6 +403,9 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             Some(_) => info!("the journal is from another boot: starting from the baseline"),
             None => {}
         }
+        if !of_this_boot && !set_aside && engine.config.daemon.baseline.is_none() {
+            engine.keep_found_policy();
+        }
         if let Ok(node) = engine.kernel.node() {
             engine.last_node = Some(node);
         }
@@ -404,6 +416,58 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             Err(e) => debug!("start: {e}"),
         }
         (engine, watches)
+    }
+
+    /// The first start in this boot (no journal of this boot, none set aside) with no baseline
+    /// configured. Kernel values that differ from the boot policy were set at run time before
+    /// the daemon ever ran in this boot (`sysctl -w`), not by a lease of ours, so installing
+    /// the daemon must not change them: a policy no more permissive than the boot policy is
+    /// kept as the baseline `found`. A more permissive one could still be a lease's, left by a
+    /// journal lost in this boot (leases only ever make the node more permissive), so the boot
+    /// policy is put back, loudly. Both are shown by `status`.
+    fn keep_found_policy(&mut self) {
+        let node = match self.kernel.node() {
+            Ok(node) => node,
+            Err(e) => {
+                debug!("first start: cannot read the kernel ({e}); the boot policy applies");
+                return;
+            }
+        };
+        let kernel = node.tunables;
+        if kernel.with_policy(&self.boot) == kernel {
+            return;
+        }
+        let found = KernelPolicy::from(&kernel);
+        let boot = KernelPolicy::from(&kernel.with_policy(&self.boot));
+        let policy = match kernel.policy() {
+            Ok(policy) if !node.compare_permissiveness(&policy, &self.boot).is_gt() => policy,
+            _ => {
+                error!(
+                    target: audit::CRITICAL,
+                    "first start in this boot, no baseline configured: the kernel holds {found}, more permissive than the node's boot policy {boot} (sysctl.d, else the kernel's defaults). It may be a lease's, left by a journal lost in this boot, so the boot policy is put back. To run under it, name a profile with it as `baseline` in {} or set it in /etc/sysctl.d",
+                    self.config.path.display()
+                );
+                self.found_at_start = Some(FoundAtStart {
+                    kernel: found,
+                    action: FoundAction::Replaced,
+                });
+                return;
+            }
+        };
+        warn!(
+            "first start in this boot, no baseline configured: the kernel holds {found}, not the node's boot policy {boot}; it was set at run time before overcommitd ran, and is kept as the baseline `found` (lost at the next boot: set it in /etc/sysctl.d, or name a profile as `baseline` in {})",
+            self.config.path.display()
+        );
+        self.admin_baseline = Some(AdminBaseline {
+            name: FOUND.into(),
+            policy,
+            swappiness: None,
+            forced: false,
+        });
+        self.found_at_start = Some(FoundAtStart {
+            kernel: found,
+            action: FoundAction::Kept,
+        });
     }
 
     fn insert(&mut self, lease: Lease) {
@@ -813,20 +877,31 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             Some(secs) => Some(Duration::from_secs(secs)),
             None => None,
         };
-        let live = self.summary.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        // Root may ask on behalf of a job's user: then that user's rule decides, with that
+        // user's groups, and the lease counts and belongs as theirs.
+        let subject = match request.for_uid {
+            None => peer.clone(),
+            Some(_) if !peer.is_root() => {
+                return Err(Denial::RootOnly("lease on behalf of another user (for_uid)").into())
+            }
+            Some(uid) => crate::auth::user_as_peer(uid, peer.pid)?,
+        };
+        let live = self.summary.per_uid.get(&subject.uid).copied().unwrap_or(0);
         let ask = LeaseAsk {
             mode: request.policy.mode,
             limit,
             ttl,
+            clamp_ttl: request.clamp_ttl,
         };
         let ttl = self
             .authorizer
-            .lease(peer, &ask, live, self.config.daemon.default_ttl)?
+            .lease(&subject, &ask, live, self.config.daemon.default_ttl)?
             .min(crate::config::MAX_TTL);
         Ok(Authorized {
             request,
             policy,
             ttl,
+            owner_uid: subject.uid,
         })
     }
 
@@ -845,8 +920,13 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
         let granted_at = unix_now();
         let lease = Lease {
             id,
-            owner_uid: actor.peer.uid,
-            owner: actor.user.to_string(),
+            owner_uid: ask.owner_uid,
+            owner: if ask.owner_uid == actor.peer.uid {
+                actor.user.to_string()
+            } else {
+                audit::user_name(ask.owner_uid)
+            },
+            requester_uid: (ask.owner_uid != actor.peer.uid).then_some(actor.peer.uid),
             requester_pid: actor.peer.pid,
             requester_comm: actor.comm.to_string(),
             policy: ask.policy,
@@ -872,6 +952,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                     actor: Some(actor),
                     lease: Some(&info.id),
                     reason: info.reason.as_deref(),
+                    for_uid: info.requester_uid.map(|_| info.owner_uid),
                 };
                 self.audit(&record, &before, &after);
                 let effective = self.effective();
@@ -950,6 +1031,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             actor: Some(actor),
             lease: Some(&joined),
             reason: None,
+            for_uid: None,
         };
         self.end(&ids, &record, reading, now);
         Ok(Released {
@@ -1068,6 +1150,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
                     actor: Some(actor),
                     lease: None,
                     reason: Some(&name),
+                    for_uid: None,
                 };
                 self.audit(&record, &before, &after);
                 Ok(BaselineChanged {
@@ -1215,6 +1298,15 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
     /// A new configuration (SIGHUP): the configured baseline is judged by the guard like any.
     pub fn reload(&mut self, config: Config, authorizer: Authorizer, now: Duration) {
         self.config = config;
+        // A baseline named in the configuration now replaces the policy kept at first start.
+        if self.config.daemon.baseline.is_some()
+            && self
+                .admin_baseline
+                .as_ref()
+                .is_some_and(|b| b.name == FOUND)
+        {
+            self.admin_baseline = None;
+        }
         self.authorizer = authorizer;
         self.schedule_drift_check(now);
         info!("configuration reloaded from {}", self.config.path.display());
@@ -1291,6 +1383,7 @@ impl<K: Kernel, J: JournalStore> Engine<K, J> {
             found: Some(KernelPolicy::from(
                 &self.ordering_node().tunables.with_policy(&self.boot),
             )),
+            found_at_start: self.found_at_start.clone(),
         })
     }
 
@@ -1350,6 +1443,7 @@ fn lease_info(lease: &Lease) -> LeaseInfo {
         id: lease.id.to_string(),
         owner_uid: lease.owner_uid,
         owner: lease.owner.clone(),
+        requester_uid: lease.requester_uid,
         requester_pid: lease.requester_pid,
         requester_comm: lease.requester_comm.clone(),
         policy: lease.policy,

@@ -64,7 +64,11 @@ impl StartError {
 /// Runs `overcommitd`; returns its exit code.
 pub fn run(cli: DaemonCli) -> u8 {
     if cli.check_config {
-        return match Config::load(&cli.config) {
+        let loaded = match &cli.profiles_dir {
+            Some(dir) => Config::load_with_profiles(&cli.config, dir),
+            None => Config::load(&cli.config),
+        };
+        return match loaded {
             Ok(config) => {
                 let (_, warnings) = Authorizer::new(&config);
                 for warning in &warnings {

@@ -5,6 +5,9 @@
 pub mod cli;
 pub mod preload;
 pub mod schema;
+pub mod skip;
+pub mod slurm;
+pub mod tools;
 pub mod top_report;
 
 /// A daemon configuration with one profile, heuristic, as the baseline; no drift timer.
@@ -63,6 +66,8 @@ pub fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
         "OVERCOMMIT_SYSCTL_ROOT",
         "OVERCOMMIT_SOCKET",
         "OVERCOMMIT_CONFIG",
+        "OVERCOMMIT_DRIFT_STATE",
+        "OVERCOMMIT_TIMEOUT",
         "CLICOLOR_FORCE",
         "NO_COLOR",
     ] {
@@ -257,7 +262,8 @@ impl Daemon {
         command
             .env("OVERCOMMIT_SOCKET", self.socket())
             .env("OVERCOMMIT_PROC_ROOT", self.path("proc"))
-            .env("OVERCOMMIT_CONFIG", self.path("etc/overcommitd.toml"));
+            .env("OVERCOMMIT_CONFIG", self.path("etc/overcommitd.toml"))
+            .env("OVERCOMMIT_DRIFT_STATE", self.path("verify-drift"));
         command
     }
 

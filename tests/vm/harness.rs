@@ -114,25 +114,11 @@ pub fn host() -> Option<&'static Host> {
                 .map(|m| format!("  - {m}"))
                 .collect::<Vec<_>>()
                 .join("\n");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "the real-kernel (VM) tests cannot run, missing:\n{list}\n\
-                     run scripts/setup-vm.sh (CI must install these before cargo test)"
-                );
-            }
-            // Straight to the stderr handle: libtest captures eprintln! of passing tests,
-            // and this must be seen in a plain `cargo test` run.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n\
-                 ================================================================\n\
-                 SKIPPING the real-kernel (VM) tests: the host lacks\n\
-                 {list}\n\
+            crate::skip::skip(&format!(
+                "the real-kernel (VM) tests cannot run: the host lacks\n{list}\n\
                  Install them with:  scripts/setup-vm.sh\n\
-                 (only the guest kernel, no root needed:  scripts/setup-vm.sh --kernel)\n\
-                 In CI (CI=true) this is a test failure.\n\
-                 ================================================================\n"
-            );
+                 (only the guest kernel, no root needed:  scripts/setup-vm.sh --kernel)"
+            ));
             None
         }
     }

@@ -37,6 +37,8 @@ mod fixtures;
 mod harness;
 mod job_scope;
 mod predictor;
+#[path = "../common/skip.rs"]
+mod skip;
 mod tally;
 mod top;
 #[path = "../common/top_report.rs"]

@@ -74,7 +74,14 @@ echo
 echo "GUEST-TEST-START kernel $(uname -r), $(systemd --version | head -n 1), $(nproc) cpu, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
 echo "uptime $(cut -d' ' -f1 /proc/uptime) s, system state: $(systemctl is-system-running)"
 
-# --- the package, as a site installs it ----------------------------------------------------
+# --- the package, as a site installs it, on a node whose boot policy is mode 2 -------------
+# /etc/sysctl.d/60-overcommit-test.conf (mode 2, ratio 90) came with the guest and
+# systemd-sysctl applied it at boot: the node's own policy, which installing must not change.
+begin boot-policy
+run cat /etc/sysctl.d/60-overcommit-test.conf
+verdict "before the package: overcommit_memory $(mode), overcommit_ratio $(ratio)" \
+    "$(mode)/$(ratio)" = 2/90
+
 begin install
 # apt resolves the package's dependencies from what is installed (the guest has no network).
 run apt-get install -y --no-install-recommends "$DEB"
@@ -84,6 +91,60 @@ status=$out
 run getent group overcommit
 verdict "apt-get exit $apt_rc; dpkg: $status; group: $out" \
     "$apt_rc" = 0 -a "${status#install ok installed}" != "$status" -a -n "$out"
+
+begin install-keeps-boot-policy
+# postinst started the daemon with the shipped configuration, which names no baseline.
+run overcommitctl status --json
+source_=$(printf '%s\n' "$out" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(s["daemon"]["baseline"]["source"], s["daemon"]["baseline"]["name"])' 2>&1)
+run overcommitctl verify
+verify_rc=$rc
+verdict "after install: overcommit_memory $(mode), overcommit_ratio $(ratio); baseline: $source_; verify exit $verify_rc" \
+    "$(mode)/$(ratio)" = 2/90 -a "$source_" = "boot boot" -a "$verify_rc" = 0
+
+# What a node would be if mode 2 had been set at run time (sysctl -w) and never in sysctl.d,
+# with overcommitd starting for the first time in this boot: no sysctl.d file, no journal.
+# The daemon keeps it, and says so.
+first_start() {
+    systemctl stop overcommitd.socket overcommitd.service
+    rm -f /run/overcommitd/state.json
+    "$@"
+    systemctl start overcommitd.socket overcommitd.service
+    # Socket activation: the first request starts the daemon.
+    overcommitctl leases >/dev/null 2>&1
+}
+status_of() {
+    overcommitctl status --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+d = s["daemon"] or {}
+found = (d.get("found_at_start") or {}).get("action", "-")
+codes = ",".join(f["code"] for f in s["findings"] if f["code"] in ("baseline_found", "boot_policy_restored"))
+print(d.get("baseline", {}).get("name"), found, codes or "-")' 2>&1
+}
+begin runtime-policy-kept
+rm /etc/sysctl.d/60-overcommit-test.conf
+echo "+ (daemon stopped, journal removed) sysctl -w vm.overcommit_memory=2 vm.overcommit_ratio=90"
+first_start sysctl -q -w vm.overcommit_ratio=90 vm.overcommit_memory=2
+kept=$(status_of)
+run overcommitctl status
+wait_until 10 journal_has "kept as the baseline \`found\`"
+logged=$(journal | grep -c "kept as the baseline \`found\`")
+verdict "overcommit_memory $(mode), overcommit_ratio $(ratio); baseline, first-start action, finding: $kept; logged: $logged" \
+    "$(mode)/$(ratio)" = 2/90 -a "$kept" = "found kept baseline_found" -a "$logged" -ge 1
+
+begin runtime-permissive-replaced
+# Mode 1 could be a lease's left by a lost journal: the boot policy (now the kernel's
+# defaults) is put back, at priority critical.
+echo "+ (daemon stopped, journal removed) sysctl -w vm.overcommit_memory=1"
+first_start sysctl -q -w vm.overcommit_memory=1
+replaced=$(status_of)
+run journalctl -u overcommitd.service --no-pager -o cat -p crit
+critical=$(printf '%s\n' "$out" | grep -c "more permissive than the node's boot policy")
+verdict "overcommit_memory $(mode), overcommit_ratio $(ratio); baseline, first-start action, finding: $replaced; critical lines: $critical" \
+    "$(mode)/$(ratio)" = 0/50 -a "$replaced" = "boot replaced boot_policy_restored" -a "$critical" -ge 1
 
 begin units-enabled
 run systemctl is-enabled overcommitd.service overcommitd.socket
@@ -305,6 +366,37 @@ run systemctl show -p WatchdogTimestamp,WatchdogTimestampMonotonic,NRestarts ove
 timeouts=$(journalctl --no-pager -o cat | grep -c 'Watchdog timeout')
 verdict "WatchdogTimestampMonotonic $stamp -> $(prop WatchdogTimestampMonotonic); 'Watchdog timeout' in the journal: $timeouts; NRestarts $(prop NRestarts)" \
     "$(prop WatchdogTimestampMonotonic)" != "$stamp" -a "$timeouts" = 0 -a "$(prop NRestarts)" = 1
+
+# --- the Prometheus textfile unit, sandboxed, under systemd ----------------------------------
+begin textfile-unit
+mkdir -p /var/lib/prometheus/node-exporter
+run systemctl link /usr/share/overcommit/contrib/prometheus/overcommit-textfile.service
+run systemctl start overcommit-textfile.service
+start_rc=$rc
+run systemctl show -p Result,ExecMainStatus overcommit-textfile.service
+result=$(systemctl show -p Result --value overcommit-textfile.service)
+prom=/var/lib/prometheus/node-exporter
+up=$(grep -c '^overcommit_daemon_up 1$' $prom/overcommit.prom 2>/dev/null)
+jobs=$(grep -c '^overcommit_job_charged_bytes\|^overcommit_.*charged' $prom/overcommit-top.prom 2>/dev/null)
+run ls -l $prom
+verdict "start exit $start_rc, Result=$result; overcommit_daemon_up 1: $up; charge lines in overcommit-top.prom: $jobs" \
+    "$start_rc" = 0 -a "$result" = success -a "$up" = 1 -a "$jobs" -ge 1
+
+# --- the EL8 drop-in of the RPM does not get in the daemon's way ------------------------------
+begin el8-drop-in
+run install -D -m 0644 /opt/overcommit-test/overcommitd-el8.conf /etc/systemd/system/overcommitd.service.d/10-el8-compat.conf
+run systemctl daemon-reload
+run systemctl restart overcommitd.service
+restart_rc=$rc
+run systemctl show -p DropInPaths,InaccessiblePaths overcommitd.service
+dropin=$(systemctl show -p DropInPaths --value overcommitd.service)
+run $ALICE overcommitctl run --scope node --mode always -- cat /proc/sys/vm/overcommit_memory
+lease_rc=$rc
+leased=$(printf '%s\n' "$out" | tail -n 1)
+verdict "restart exit $restart_rc with $dropin; alice's leased command saw overcommit_memory $leased (exit $lease_rc); afterwards $(mode)" \
+    "$restart_rc" = 0 -a -n "$dropin" -a "$lease_rc" = 0 -a "$leased" = 1 -a "$(mode)" = 0
+rm -rf /etc/systemd/system/overcommitd.service.d
+systemctl daemon-reload
 
 echo
 echo "--- systemctl --failed ---"

@@ -193,6 +193,8 @@ fn lease_request(mode: Mode, ttl: u64, tag: Option<&str>, reason: Option<&str>) 
         tag: tag.map(String::from),
         reason: reason.map(String::from),
         hold: false,
+        for_uid: None,
+        clamp_ttl: false,
     }
 }
 
@@ -661,4 +663,102 @@ fn a_decision_reads_the_kernel_once_and_memory_only_while_mode_never_is_in_play(
         assert_eq!(delta, expected, "knobs (, reserves, meminfo, read-back)");
         assert_eq!(engine.kernel().writes.get() - written, writes);
     }
+}
+
+#[test]
+fn the_first_start_without_a_baseline_keeps_a_stricter_policy_set_at_run_time() {
+    // `sysctl -w vm.overcommit_memory=2` before the daemon ever ran in this boot; no sysctl.d.
+    let no_baseline = CONFIG.replace("baseline = \"default\"\n", "");
+    let kernel = FakeKernel::new();
+    kernel.write_knob(Knob::OvercommitRatio, 90).unwrap();
+    kernel.write_knob(Knob::OvercommitMemory, 2).unwrap();
+    let journal = FakeJournal::default();
+    let mut engine = start_with(kernel, journal.clone(), &no_baseline);
+    assert_eq!(
+        engine.kernel().policy(),
+        never(90),
+        "installing changed nothing"
+    );
+    let status = engine.status(T0, 0).unwrap();
+    assert_eq!(
+        (status.baseline.name.as_str(), status.baseline.policy),
+        (FOUND, never(90))
+    );
+    let found = status.found_at_start.expect("status says what it found");
+    assert_eq!(
+        (found.action, found.kernel.mode),
+        (FoundAction::Kept, Mode::Never)
+    );
+
+    // A lease and its end come back to it; a restart in the same boot keeps it.
+    let id = lease(&mut engine, &root(), Mode::Always, 60, T0);
+    engine.release(actor(&root()), Some(id), None, T0).unwrap();
+    assert_eq!(engine.kernel().policy(), never(90));
+    let (engine, _) = Engine::start(
+        FakeKernel::new(),
+        journal,
+        StartOptions {
+            config: config(&no_baseline),
+            authorizer: Authorizer::default(),
+            boot: policy(Mode::Heuristic, Limit::Ratio(50)),
+            boot_id: "boot".into(),
+        },
+        T0,
+        |_| Some(()),
+    );
+    assert_eq!(
+        engine.kernel().policy(),
+        never(90),
+        "the journal of this boot keeps the found baseline"
+    );
+}
+
+#[test]
+fn the_first_start_puts_the_boot_policy_back_over_a_more_permissive_kernel() {
+    // Mode always could be a lease's whose journal was lost: never adopted.
+    let no_baseline = CONFIG.replace("baseline = \"default\"\n", "");
+    let kernel = FakeKernel::new();
+    kernel.write_knob(Knob::OvercommitMemory, 1).unwrap();
+    let mut engine = start_with(kernel, FakeJournal::default(), &no_baseline);
+    assert_eq!(mode(&engine), Mode::Heuristic);
+    let status = engine.status(T0, 0).unwrap();
+    assert_eq!(status.baseline.source, "boot");
+    let found = status.found_at_start.unwrap();
+    assert_eq!(
+        (found.action, found.kernel.mode),
+        (FoundAction::Replaced, Mode::Always)
+    );
+}
+
+#[test]
+fn only_the_first_start_without_a_configured_baseline_keeps_what_it_found() {
+    let strict_kernel = || {
+        let kernel = FakeKernel::new();
+        kernel.write_knob(Knob::OvercommitMemory, 2).unwrap();
+        kernel
+    };
+    // A configured baseline is applied.
+    let mut engine = start_with(strict_kernel(), FakeJournal::default(), CONFIG);
+    assert_eq!(mode(&engine), Mode::Heuristic);
+    assert!(engine.status(T0, 0).unwrap().found_at_start.is_none());
+    // A journal of this boot (the daemon ran before) decides, not the kernel.
+    let no_baseline = CONFIG.replace("baseline = \"default\"\n", "");
+    let journal = FakeJournal::default();
+    drop(start_with(FakeKernel::new(), journal.clone(), &no_baseline));
+    let mut engine = start_with(strict_kernel(), journal, &no_baseline);
+    assert_eq!(mode(&engine), Mode::Heuristic);
+    assert!(engine.status(T0, 0).unwrap().found_at_start.is_none());
+    // A journal set aside may have known a lease: nothing is kept.
+    let journal = FakeJournal::default();
+    journal.corrupt.set(true);
+    let engine = start_with(strict_kernel(), journal, &no_baseline);
+    assert_eq!(mode(&engine), Mode::Heuristic);
+    // A baseline configured later and reloaded replaces the found one.
+    let mut engine = start_with(strict_kernel(), FakeJournal::default(), &no_baseline);
+    assert_eq!(mode(&engine), Mode::Never);
+    let new = config(&CONFIG.replace("baseline = \"default\"", "baseline = \"swappy\""));
+    let (authorizer, _) = Authorizer::new(&new);
+    engine.reload(new, authorizer, T0);
+    assert_eq!(mode(&engine), Mode::Heuristic);
+    assert_eq!(engine.status(T0, 0).unwrap().baseline.name, "swappy");
 }
