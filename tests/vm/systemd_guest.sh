@@ -109,7 +109,7 @@ verdict "after install: overcommit_memory $(mode), overcommit_ratio $(ratio); ba
 # The daemon keeps it, and says so.
 first_start() {
     systemctl stop overcommitd.socket overcommitd.service
-    rm -f /run/overcommitd/state.json
+    rm -f /run/overcommitd/state.json /run/overcommitd/journal.log
     "$@"
     systemctl start overcommitd.socket overcommitd.service
     # Socket activation: the first request starts the daemon.
