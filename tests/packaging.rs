@@ -1,8 +1,9 @@
 //! What a site installs: the systemd units (checked by systemd's own tools), the shipped
 //! configuration and profiles, the generated man pages and completions (rendered by man,
-//! completed by bash), and the Slurm hooks' settings file at its worst. (The hooks themselves
-//! run under a real Slurm in tests/slurm_leases.rs, the NHC check in tests/verify_nhc.rs, the
-//! Prometheus exporter in tests/prometheus.rs.)
+//! completed by bash), the Slurm hooks' settings file at its worst and the job scope's marker
+//! files. (The hooks themselves run under a real Slurm in tests/slurm_leases.rs and
+//! tests/slurm_job_scope.rs, the NHC check in tests/verify_nhc.rs, the Prometheus exporter in
+//! tests/prometheus.rs.)
 
 mod common;
 
@@ -275,51 +276,150 @@ fn completions_offer_modes_profiles_and_dtypes_and_files_only_for_paths() {
 }
 
 /// A settings file with an error (a shell error would end a sourcing shell and fail the hook):
-/// the hooks exit 0 with their defaults and say why.
+/// the hooks exit 0 with their defaults and say why; the TaskProlog prints nothing but its own
+/// lines (Slurm reads its output).
 #[test]
 fn hooks_survive_a_broken_settings_file() {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("overcommit.default");
     let log = dir.path().join("hooks.log");
-    for broken in ["export 1x=y\n", "if then fi\n", "exit 7\n"] {
+    let hook = |name: &str, job: &str, comment: &str| {
+        let mut command = common::clean("/bin/sh");
+        command
+            .arg(repo().join("contrib/slurm").join(name))
+            .env("OVERCOMMIT_SLURM_CONF", &settings)
+            .env("SLURM_JOB_ID", job)
+            .env("SLURM_JOB_UID", "65534")
+            .env("SLURM_JOB_COMMENT", comment)
+            .env_remove("OVERCOMMIT_SCOPE")
+            .env_remove("LD_PRELOAD")
+            // Whatever the defaults reach, never a real daemon.
+            .env("OVERCOMMIT_SOCKET", "/nonexistent/overcommitd.sock");
+        command
+    };
+    for broken in ["export 1x=y\n", "if then fi\n", "exit 7\n", "echo junk\n"] {
         std::fs::write(
             &settings,
             format!("OVERCOMMIT_SLURM_LOG={}\n{broken}", log.display()),
         )
         .unwrap();
-        for hook in ["prolog.sh", "epilog.sh"] {
-            let (code, out, err) = run(common::clean("/bin/sh")
-                .arg(repo().join("contrib/slurm").join(hook))
-                .env("OVERCOMMIT_SLURM_CONF", &settings)
-                .env("SLURM_JOB_ID", "77")
-                .env("SLURM_JOB_UID", "65534")
-                .env("SLURM_JOB_COMMENT", "overcommit=always")
-                // Whatever the defaults reach, never a real daemon.
-                .env("OVERCOMMIT_SOCKET", "/nonexistent/overcommitd.sock"));
-            assert_eq!(code, 0, "{hook} with {broken:?}: {out}{err}");
+        for name in ["prolog.sh", "epilog.sh"] {
+            let (code, out, err) = run(&mut hook(name, "77", "overcommit=always"));
+            assert_eq!(code, 0, "{name} with {broken:?}: {out}{err}");
         }
+        let (code, out, err) = run(hook("task_prolog.sh", "77", "")
+            .env("OVERCOMMIT_SCOPE", "job")
+            .env("OVERCOMMIT_PRELOAD_LIBRARY", "/nonexistent/lib.so"));
+        assert_eq!(
+            (
+                code,
+                out.lines().count(),
+                out.starts_with("print overcommit: ")
+            ),
+            (0, 1, true),
+            "task_prolog.sh with {broken:?}: {out}{err}"
+        );
     }
     // The log file was named in the broken file itself, so nothing of it applied: the
     // hooks logged to syslog only. With a good file, they log there.
-    std::fs::write(
-        &settings,
-        format!(
-            "OVERCOMMIT_SLURM_LOG={}\nOVERCOMMITCTL=/nonexistent/overcommitctl\nSQUEUE=/nonexistent/squeue\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    let (code, _, _) = run(common::clean("/bin/sh")
-        .arg(repo().join("contrib/slurm/prolog.sh"))
-        .env("OVERCOMMIT_SLURM_CONF", &settings)
-        .env("SLURM_JOB_ID", "78")
-        .env("SLURM_JOB_UID", "65534")
-        .env("SLURM_JOB_COMMENT", "x overcommit=always y"));
+    let state = dir.path().join("state");
+    let good = format!(
+        "OVERCOMMIT_SLURM_LOG={}\nOVERCOMMITCTL=/nonexistent/overcommitctl\nSQUEUE=/nonexistent/squeue\nOVERCOMMIT_SLURM_STATE={}\n",
+        log.display(),
+        state.display()
+    );
+    std::fs::write(&settings, &good).unwrap();
+    let (code, _, _) = run(&mut hook("prolog.sh", "78", "x overcommit=always y"));
     assert_eq!(code, 0);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
         logged.contains("prolog job 78: squeue failed")
             && logged.contains("prolog job 78: no lease (always for uid 65534)"),
         "{logged}"
+    );
+    assert!(!state.exists(), "no marker asked for, no directory made");
+}
+
+/// The job scope's marker for the TaskProlog: prolog.sh writes it for a job whose comment holds
+/// overcommit=job among other words (a lease asked beside it is asked all the same), 0644 in a
+/// directory it makes 0755, and never where others may write; epilog.sh removes it.
+#[test]
+fn the_slurm_prolog_marks_the_jobs_that_ask_for_the_job_scope() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (settings, log, state) = (
+        dir.path().join("overcommit.default"),
+        dir.path().join("hooks.log"),
+        dir.path().join("state"),
+    );
+    std::fs::write(
+        &settings,
+        format!(
+            "OVERCOMMIT_SLURM_LOG={}\nOVERCOMMITCTL=/nonexistent/overcommitctl\nSQUEUE=/nonexistent/squeue\nOVERCOMMIT_SLURM_STATE={}\n",
+            log.display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let hook = |name: &str, job: &str, comment: &str| {
+        let (code, out, err) = run(common::clean("/bin/sh")
+            .arg(repo().join("contrib/slurm").join(name))
+            .env("OVERCOMMIT_SLURM_CONF", &settings)
+            .env("SLURM_JOB_ID", job)
+            .env("SLURM_JOB_UID", "65534")
+            .env("SLURM_JOB_COMMENT", comment));
+        assert_eq!((code, out.as_str()), (0, ""), "{name} job {job}: {err}");
+    };
+    let logged = |job: &str| -> String {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!(" job {job}: ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mode = |path: &Path| std::fs::symlink_metadata(path).unwrap().mode() & 0o7777;
+
+    hook(
+        "prolog.sh",
+        "80",
+        "project42 overcommit=job overcommit=always",
+    );
+    let marker = state.join("job-80");
+    assert_eq!((mode(&state), mode(&marker)), (0o755, 0o644));
+    assert_eq!(std::fs::symlink_metadata(&marker).unwrap().uid(), 0);
+    assert_eq!(
+        std::fs::read_dir(&state).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+    assert!(
+        logged("80").contains("no lease (always for uid 65534)"),
+        "the lease was asked as well: {}",
+        logged("80")
+    );
+    hook("epilog.sh", "80", "");
+    assert!(!marker.exists(), "removed by the epilog");
+    assert!(logged("80").contains("epilog job 80: removed the job scope's marker"));
+    // The epilog of a job without one says nothing of it.
+    hook("epilog.sh", "81", "");
+    assert!(!logged("81").contains("marker"), "{}", logged("81"));
+
+    // A marker of an earlier job of the same id (its epilog never ran) goes when the new job
+    // did not ask; a job id that is not digits touches nothing.
+    std::fs::write(state.join("job-82"), "").unwrap();
+    hook("prolog.sh", "82", "project42");
+    assert!(!state.join("job-82").exists());
+    hook("prolog.sh", "x/../82", "overcommit=job");
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+
+    // A directory others may write: no marker (root would follow their links), and it says so.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    hook("prolog.sh", "83", "overcommit=job");
+    assert!(!state.join("job-83").exists());
+    assert!(
+        logged("83").contains("that only root may write: no job scope"),
+        "{}",
+        logged("83")
     );
 }

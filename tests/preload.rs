@@ -808,39 +808,61 @@ fn a_lease_that_ends_before_the_command_is_reported_at_once() {
 }
 
 /// contrib/slurm/task_prolog.sh as slurmd runs it: as the job's user, with the task's
-/// environment and `scontrol` answering for the job; every `export NAME=value` line it prints
-/// goes into the task's environment, `print` lines into the job's output.
+/// environment and the hooks' settings file; every `export NAME=value` line it prints goes into
+/// the task's environment, `print` lines into the job's output. The job asks through its
+/// environment, through the marker prolog.sh writes for it, or through SLURM_JOB_COMMENT.
 #[test]
 fn the_slurm_task_prolog_gives_the_job_scope_to_jobs_that_ask() {
+    const USER: u32 = 1000;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let scontrol = dir.path().join("scontrol");
-    let prolog = |record: &str, env: &[(&str, &str)]| -> String {
+    let state = dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    // The log files: root's (the user may not write it: the hook stays silent) and one the
+    // site opened to all.
+    let (root_log, open_log) = (dir.path().join("root.log"), dir.path().join("open.log"));
+    fs::write(&root_log, "").unwrap();
+    fs::write(&open_log, "").unwrap();
+    fs::set_permissions(&open_log, fs::Permissions::from_mode(0o666)).unwrap();
+    let settings = dir.path().join("overcommit.default");
+    let configure = |log: &Path| {
         fs::write(
-            &scontrol,
-            format!("#!/bin/sh\ncat <<'EOF'\n{record}\nEOF\n"),
+            &settings,
+            format!(
+                "OVERCOMMIT_SLURM_STATE={}\nOVERCOMMIT_SLURM_LOG={}\n",
+                state.display(),
+                log.display()
+            ),
         )
-        .unwrap();
-        fs::set_permissions(&scontrol, fs::Permissions::from_mode(0o755)).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/slurm/task_prolog.sh");
-        let mut command = common::clean(script);
+        .unwrap()
+    };
+    configure(&root_log);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/slurm/task_prolog.sh");
+    let prolog = |env: &[(&str, &str)]| -> String {
+        let mut command = common::clean(&script);
         command
             .env_remove("LD_PRELOAD")
             .env_remove("OVERCOMMIT_SCOPE")
-            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .env_remove("SLURM_JOB_COMMENT")
+            .env("PATH", "/usr/bin:/bin")
+            .env("OVERCOMMIT_SLURM_CONF", &settings)
             .env("SLURM_JOB_ID", "42")
             .env("OVERCOMMIT_PRELOAD_LIBRARY", &built().library)
             .envs(env.iter().copied())
             .current_dir("/tmp");
-        let (code, out, err) = run(as_user(&mut command, 1000, 1000, &[]));
+        let (code, out, err) = run(as_user(&mut command, USER, USER, &[]));
         assert_eq!((code, err.as_str()), (0, ""), "a TaskProlog never fails");
         out
     };
     let library = built().library.display().to_string();
-    let asked = "JobId=42 UserId=alice(1000) Comment=overcommit=job TimeLimit=01:00:00";
+    let preload = format!("export LD_PRELOAD={library}\n");
 
-    let out = prolog(asked, &[]);
-    assert_eq!(out, format!("export LD_PRELOAD={library}\n"));
+    // The marker prolog.sh wrote for job 42 (root's, 0644, in a root-owned 0755 directory).
+    let marker = state.join("job-42");
+    fs::write(&marker, "overcommit=job uid=1000\n").unwrap();
+    fs::set_permissions(&marker, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = prolog(&[]);
+    assert_eq!(out, preload, "marked by the prolog");
     // What slurmd does with it: the task's big allocation succeeds, MAP_NORESERVE.
     let mut task = probe();
     for line in out.lines() {
@@ -851,7 +873,7 @@ fn the_slurm_task_prolog_gives_the_job_scope_to_jobs_that_ask() {
             .unwrap();
         task.env(name, value);
     }
-    let (_, out, _) = run(as_user(&mut task, 1000, 1000, &[]).args([
+    let (_, out, _) = run(as_user(&mut task, USER, USER, &[]).args([
         "alloc",
         "calloc",
         &beyond_ram().to_string(),
@@ -862,39 +884,85 @@ fn the_slurm_task_prolog_gives_the_job_scope_to_jobs_that_ask() {
         ("OK", "yes"),
         "{out}"
     );
-
     assert_eq!(
-        prolog("JobId=42 Comment=(null)", &[]),
+        prolog(&[("SLURM_JOB_ID", "43")]),
         "",
-        "a job that did not ask"
+        "another job's marker is not this job's"
     );
     assert_eq!(
-        prolog("JobId=42 Comment=overcommit=always", &[]),
+        prolog(&[("OVERCOMMIT_SCOPE", "node")]),
         "",
-        "a lease, not the job scope"
+        "the environment decides first"
     );
     assert_eq!(
-        prolog("JobId=42 Comment=(null)", &[("OVERCOMMIT_SCOPE", "job")]),
-        format!("export LD_PRELOAD={library}\n"),
-        "asked through the environment"
-    );
-    assert_eq!(
-        prolog(asked, &[("LD_PRELOAD", "libm.so.6")]),
+        prolog(&[("LD_PRELOAD", "libm.so.6")]),
         format!("export LD_PRELOAD={library} libm.so.6\n"),
         "the job's own preloads stay, after ours"
     );
+    assert_eq!(
+        prolog(&[("LD_PRELOAD", &format!("libm.so.6 {library}"))]),
+        "",
+        "preloaded once"
+    );
     let mode2 = common::fixture_proc("m512-noswap-mode2-ratio50");
-    let out = prolog(asked, &[("OVERCOMMIT_PROC_ROOT", mode2.to_str().unwrap())]);
+    let out = prolog(&[("OVERCOMMIT_PROC_ROOT", mode2.to_str().unwrap())]);
     assert!(
         out.starts_with("print ") && out.contains("mode never (2)") && !out.contains("export"),
         "{out}"
     );
-    let out = prolog(
-        asked,
-        &[("OVERCOMMIT_PRELOAD_LIBRARY", "/nonexistent/lib.so")],
-    );
+    // A missing library: said in the job's output, and logged where the user may write.
+    let missing = [("OVERCOMMIT_PRELOAD_LIBRARY", "/nonexistent/lib.so")];
+    let out = prolog(&missing);
     assert!(
         out.starts_with("print ") && out.contains("/nonexistent/lib.so is missing"),
         "{out}"
     );
+    assert_eq!(fs::read_to_string(&root_log).unwrap(), "", "root's log");
+    configure(&open_log);
+    prolog(&missing);
+    let logged = fs::read_to_string(&open_log).unwrap();
+    assert!(
+        logged.contains(
+            "task-prolog job 42: the job scope was asked for, but /nonexistent/lib.so is missing"
+        ),
+        "{logged}"
+    );
+    fs::remove_file(&marker).unwrap();
+
+    // No marker: the comment, where the environment has it, word by word.
+    assert_eq!(prolog(&[]), "", "a job that did not ask");
+    assert_eq!(
+        prolog(&[("SLURM_JOB_COMMENT", "project42 overcommit=job")]),
+        preload,
+        "a comment with a space"
+    );
+    for other in [
+        "overcommit=always",
+        "project42overcommit=job",
+        "overcommit=jobs",
+    ] {
+        assert_eq!(prolog(&[("SLURM_JOB_COMMENT", other)]), "", "{other}");
+    }
+    assert_eq!(
+        prolog(&[("OVERCOMMIT_SCOPE", "job")]),
+        preload,
+        "asked through the environment"
+    );
+    // A job id is digits before it becomes part of a path: this one would reach job 42's
+    // marker through a directory named job-1.
+    fs::write(&marker, "").unwrap();
+    fs::create_dir(state.join("job-1")).unwrap();
+    assert_eq!(prolog(&[("SLURM_JOB_ID", "1/../job-42")]), "");
+    // No Slurm command: its code (not its comments) names none.
+    let code = fs::read_to_string(&script).unwrap();
+    let called: Vec<&str> = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter(|l| {
+            ["scontrol", "squeue", "sacct", "srun", "sinfo"]
+                .iter()
+                .any(|c| l.contains(c))
+        })
+        .collect();
+    assert!(called.is_empty(), "{called:?}");
 }

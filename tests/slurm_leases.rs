@@ -10,7 +10,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,29 +44,12 @@ struct Site {
     settings: PathBuf,
 }
 
-/// A hook that runs the contrib script as slurmd would, with its settings file named.
-fn wrapper(dir: &Path, name: &str, settings: &Path) -> PathBuf {
-    let path = dir.join(format!("{name}-wrapper.sh"));
-    fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\nenv | grep ^SLURM_ > {dir}/{name}-env.$SLURM_JOB_ID\nOVERCOMMIT_SLURM_CONF={settings} exec {script}\n",
-            dir = dir.display(),
-            settings = settings.display(),
-            script = repo().join("contrib/slurm").join(format!("{name}.sh")).display(),
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 fn start() -> Option<Site> {
     let daemon = Daemon::start("m1024-swap512-mode0", &config(), &[]);
     let settings = daemon.path("overcommit.default");
     let hooks = Hooks {
-        prolog: Some(wrapper(daemon.dir.path(), "prolog", &settings)),
-        epilog: Some(wrapper(daemon.dir.path(), "epilog", &settings)),
+        prolog: Some(slurm::wrapper(daemon.dir.path(), "prolog", &settings)),
+        epilog: Some(slurm::wrapper(daemon.dir.path(), "epilog", &settings)),
         // The time-limit kill within seconds of the limit.
         extra: "KillWait=2\nOverTimeLimit=0\n".into(),
         ..Hooks::default()
@@ -89,10 +71,12 @@ impl Site {
         let shipped = fs::read_to_string(repo().join("contrib/slurm/overcommit.default")).unwrap();
         let text = format!(
             "{shipped}\nOVERCOMMITCTL={ctl}\nSQUEUE={squeue}\nOVERCOMMIT_SLURM_LOG={log}\n\
+             OVERCOMMIT_SLURM_STATE={state}\n\
              export SLURM_CONF={conf} OVERCOMMIT_SOCKET={socket}\n{more}\n",
             ctl = env!("CARGO_BIN_EXE_overcommitctl"),
             squeue = slurm::find("squeue").unwrap().display(),
             log = self.hooks_log().display(),
+            state = self.daemon.path("slurm-state").display(),
             conf = self.cluster.conf().display(),
             socket = self.daemon.socket().display(),
         );

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,31 @@ pub struct Hooks {
     pub task_prolog: Option<PathBuf>,
     /// More slurm.conf lines.
     pub extra: String,
+}
+
+/// A hook that runs the contrib script `NAME.sh` as slurmd would, with its settings file named
+/// (OVERCOMMIT_SLURM_CONF), and its SLURM_ variables recorded in DIR/NAME-env.JOBID (where the
+/// hook's user may write there).
+pub fn wrapper(dir: &Path, name: &str, settings: &Path) -> PathBuf {
+    let path = dir.join(format!("{name}-wrapper.sh"));
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh
+env | grep ^SLURM_ 2>/dev/null > {dir}/{name}-env.$SLURM_JOB_ID
+OVERCOMMIT_SLURM_CONF={settings} exec {script}
+",
+            dir = dir.display(),
+            settings = settings.display(),
+            script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("contrib/slurm")
+                .join(format!("{name}.sh"))
+                .display(),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 /// The daemons of the cluster, stopped (by pid) when dropped.
