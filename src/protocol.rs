@@ -259,7 +259,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
 /// the version before anything else and name the fields a request does not take), which costs
 /// more than the rest of the parsing. `None` for anything else (another op, a field this op does
 /// not take, a duplicate field, another version, an op spelled with escapes, an error of any
-/// kind): the general way gives the request or the error then. The fuzzer and a property test check that both agree.
+/// kind): the general way gives the request or the error then. The fuzzer and a property test
+/// check that both agree.
 fn parse_lease_or_release(line: &[u8]) -> Option<Request> {
     /// Only `"lease"`.
     #[derive(Deserialize)]
