@@ -30,13 +30,10 @@ fn timeout() -> Duration {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach overcommitd at {}: {hint}", path.display())]
-    Unreachable {
-        path: PathBuf,
-        source: io::Error,
-        /// What the failure most likely means, with what to do (see [`unreachable_hint`]).
-        hint: String,
-    },
+    /// Shown with what the failure most likely means and what to do ([`unreachable_hint`],
+    /// worked out only when shown: `status` asks the daemon and goes on without it).
+    #[error("cannot reach overcommitd at {}: {}", path.display(), unreachable_hint(path, source))]
+    Unreachable { path: PathBuf, source: io::Error },
     #[error("overcommitd at {} did not answer within {} (hung or overloaded; --timeout sets the wait)", path.display(), humantime::format_duration(*after))]
     Timeout { path: PathBuf, after: Duration },
     #[error("lost the connection to overcommitd: {0}")]
@@ -71,7 +68,7 @@ pub fn unreachable_hint(path: &Path, error: &io::Error) -> String {
             .map_or(meta.gid().to_string(), |g| g.name);
         format!("mode {:04o}, owner {user}:{group}", meta.mode() & 0o7777)
     };
-    let socket_meta = std::fs::symlink_metadata(path);
+    let socket_meta = || std::fs::symlink_metadata(path);
     match error.kind() {
         io::ErrorKind::NotFound if !dir.exists() => format!(
             "{error}: the directory {} does not exist (overcommitd has not run since boot, or --socket / OVERCOMMIT_SOCKET names another path; `systemctl status overcommitd`)",
@@ -80,7 +77,7 @@ pub fn unreachable_hint(path: &Path, error: &io::Error) -> String {
         io::ErrorKind::NotFound => format!(
             "{error}: there is no socket there (overcommitd is not running, or --socket / OVERCOMMIT_SOCKET names another path; `systemctl status overcommitd`)"
         ),
-        io::ErrorKind::ConnectionRefused => match &socket_meta {
+        io::ErrorKind::ConnectionRefused => match &socket_meta() {
             Ok(meta) if !meta.file_type().is_socket() => format!(
                 "{error}: {} is not a socket (check --socket / OVERCOMMIT_SOCKET)",
                 path.display()
@@ -90,7 +87,7 @@ pub fn unreachable_hint(path: &Path, error: &io::Error) -> String {
             ),
         },
         io::ErrorKind::PermissionDenied => {
-            let socket = match &socket_meta {
+            let socket = match &socket_meta() {
                 Ok(meta) => format!("the socket has {}", owner(meta)),
                 Err(_) => "the socket cannot even be looked at".to_string(),
             };
@@ -131,7 +128,6 @@ fn connect_within(path: &Path, timeout: Duration) -> Result<UnixStream, ClientEr
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let unreachable = |source: io::Error| ClientError::Unreachable {
         path: path.to_path_buf(),
-        hint: unreachable_hint(path, &source),
         source,
     };
     let address = UnixAddr::new(path).map_err(|e| unreachable(e.into()))?;

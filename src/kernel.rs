@@ -162,16 +162,22 @@ impl ProcRoot {
 
     /// Everything the rules read, in one go.
     pub fn node(&self) -> Result<Node, KernelError> {
+        self.node_and_release().map(|(node, _)| node)
+    }
+
+    /// [`ProcRoot::node`], and the release string it was read from (for reports).
+    pub fn node_and_release(&self) -> Result<(Node, String), KernelError> {
         let tunables = self.read_tunables()?;
         let memory = self.read_memory()?;
         let release = self.read_release()?;
-        Ok(Node {
+        let node = Node {
             tunables,
             memory,
             kernel: KernelVersion::parse(&release),
             nr_cpus: self.read_nr_cpus()?,
             page_size: page_size(),
-        })
+        };
+        Ok((node, release))
     }
 
     /// Writes one vm sysctl: one write() of the whole value at offset 0, as the kernel wants.

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -81,8 +82,9 @@ pub struct BootConfig {
 }
 
 impl SysctlSources {
-    /// The files systemd-sysctl would apply, in the order it applies them.
-    pub fn files(&self, problems: &mut Vec<String>) -> Vec<PathBuf> {
+    /// The files systemd-sysctl would apply, in the order it applies them, each with its
+    /// metadata (through any symlink) when it can be looked at.
+    pub fn files(&self, problems: &mut Vec<String>) -> Vec<(PathBuf, Option<fs::Metadata>)> {
         let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
         for dir in &self.dirs {
             let dir = self.root.join(dir);
@@ -101,9 +103,16 @@ impl SysctlSources {
                 }
             }
         }
+        // One stat each, through any symlink: whether the file is masked (a link to /dev/null
+        // or an empty file: both have no length), and which file it is.
         by_name
             .into_values()
-            .filter(|path| !is_masked(path))
+            .filter_map(|path| match fs::metadata(&path) {
+                Ok(meta) if meta.len() == 0 => None,
+                Ok(meta) => Some((path, Some(meta))),
+                // Reported when it is read.
+                Err(_) => Some((path, None)),
+            })
             .collect()
     }
 
@@ -113,27 +122,30 @@ impl SysctlSources {
         let mut config = BootConfig::default();
         let mut settings: Vec<Setting> = cmdline_settings(cmdline);
         let files = self.files(&mut config.problems);
-        // Which files these are (device and inode, through any symlink): one stat each.
-        let identity = |path: &Path| {
-            use std::os::unix::fs::MetadataExt;
-            fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-        };
-        let mut seen: Vec<(u64, u64)> = files.iter().filter_map(|f| identity(f)).collect();
-        let mut sources: Vec<(PathBuf, Origin)> =
-            files.into_iter().map(|f| (f, Origin::SysctlD)).collect();
+        // Which files these are (device and inode, through any symlink).
+        let identity = |meta: &fs::Metadata| (meta.dev(), meta.ino());
+        let mut seen: Vec<(u64, u64)> = files
+            .iter()
+            .filter_map(|(_, meta)| meta.as_ref())
+            .map(identity)
+            .collect();
+        let mut sources: Vec<(PathBuf, Origin, u64)> = files
+            .into_iter()
+            .map(|(f, meta)| (f, Origin::SysctlD, meta.map_or(0, |m| m.len())))
+            .collect();
         if let Some(conf) = &self.sysctl_conf {
             let conf = self.root.join(conf);
             // Debian links it from sysctl.d as 99-sysctl.conf: then it is already read.
-            match identity(&conf) {
-                Some(real) if !seen.contains(&real) => {
-                    seen.push(real);
-                    sources.push((conf, Origin::SysctlConf));
+            match fs::metadata(&conf) {
+                Ok(meta) if !seen.contains(&identity(&meta)) => {
+                    seen.push(identity(&meta));
+                    sources.push((conf, Origin::SysctlConf, meta.len()));
                 }
                 _ => {}
             }
         }
-        for (path, origin) in sources {
-            match fs::read_to_string(&path) {
+        for (path, origin, length) in sources {
+            match read_text(&path, length) {
                 Ok(text) => settings.extend(parse_file(&text, &path, origin)),
                 Err(e) => config
                     .problems
@@ -166,10 +178,15 @@ impl SysctlSources {
     }
 }
 
-/// A link to /dev/null or an empty file masks a sysctl.d file of the same name.
-fn is_masked(path: &Path) -> bool {
-    fs::read_link(path).is_ok_and(|target| target == Path::new("/dev/null"))
-        || fs::metadata(path).is_ok_and(|m| m.len() == 0)
+/// A file's text, `length` long when the caller looked at it: read with room for that and the
+/// read that sees the end, and no second stat.
+fn read_text(path: &Path, length: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(usize::try_from(length).map_or(0, |n| n.min(1 << 20)) + 1);
+    fs::File::open(path)?
+        .take(u64::MAX)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// systemd's sysctl_normalize(): if the first separator is a slash, slashes and dots swap.

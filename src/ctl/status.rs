@@ -123,9 +123,8 @@ impl StatusReport {
         let daemon = client::call::<DaemonStatus>(&globals.socket, &Request::Status).ok();
         let expectations = daemon_expected(&globals.config, &globals.sysctl_root);
         let expected = !expectations.is_empty();
-        let node = proc_root.node()?;
+        let (node, release) = proc_root.node_and_release()?;
         let swaps = proc_root.read_swaps()?;
-        let release = proc_root.read_release()?;
         let keys: Vec<String> = [
             Knob::OvercommitMemory,
             Knob::OvercommitRatio,
