@@ -258,8 +258,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
 /// come in a pair for every job, and the general way builds a tree of the line first (to check
 /// the version before anything else and name the fields a request does not take), which costs
 /// more than the rest of the parsing. `None` for anything else (another op, a field this op does
-/// not take, a duplicate field, another version, an op spelled with escapes, an error of any
-/// kind): the general way gives the request or the error then. The fuzzer and a property test
+/// not take, a duplicate field, another version, an op spelled with escapes, an array, an
+/// error of any kind): the general way gives the request or the error then. The fuzzer and a property test
 /// check that both agree.
 fn parse_lease_or_release(line: &[u8]) -> Option<Request> {
     /// Only `"lease"`.
@@ -334,6 +334,14 @@ fn parse_lease_or_release(line: &[u8]) -> Option<Request> {
             tag: release.tag,
         })
     };
+    // serde reads a struct from a JSON array too (fields in order); a request is an object.
+    let object = line
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'{');
+    if !object {
+        return None;
+    }
     // A failed attempt costs an error message: the likely one first, and none where neither
     // is likely (a guess that is only ever a matter of speed: the general way reads what this
     // does not).
@@ -784,6 +792,18 @@ mod tests {
     }
 
     #[test]
+    fn an_array_is_not_a_request() {
+        // Found by the fuzzer: serde reads a struct from an array of its fields in order.
+        for line in [
+            &b"[1,\n\"release\",\"\"\n]"[..],
+            b" [1,\"lease\",\"always\"]",
+        ] {
+            let reply = parse_request(line).unwrap_err();
+            assert_eq!(reply.error.unwrap().code, ErrorCode::Invalid);
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_refused_by_name() {
         let message = |line: &[u8]| parse_request(line).unwrap_err().error.unwrap().message;
         let m = message(br#"{"v":1,"op":"lease","mode":"always","ttl_secs":60,"tagg":"x"}"#);
@@ -862,6 +882,7 @@ mod tests {
                 0..8,
             ),
             lease in proptest::bool::ANY,
+            as_array in proptest::bool::weighted(0.1),
         ) {
             let mut line = String::from("{");
             // Mostly well-formed lines, so that the one-pass parse is taken often.
@@ -878,6 +899,13 @@ mod tests {
                 line.push_str(&format!("\"{key}\":{value}"));
             }
             line.push('}');
+            if as_array {
+                // The same values as a JSON array (which serde would read into a struct).
+                line = format!(
+                    "[{}]",
+                    all.iter().map(|(_, v)| *v).collect::<Vec<_>>().join(",")
+                );
+            }
             let general = parse_any_request(line.as_bytes());
             match parse_lease_or_release(line.as_bytes()) {
                 Some(request) => proptest::prop_assert_eq!(Ok(request), general.map_err(|_| ()), "{}", line),
